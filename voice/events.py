@@ -1,0 +1,136 @@
+"""Typed events a call emits. Storage, metrics and live views subscribe through an `EventSink`.
+
+`at` is seconds since the call started (the session clock); `wall` on CallStarted anchors it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from voice.types import EndedReason
+
+__all__ = [
+    "BargeIn",
+    "CallEnded",
+    "CallEvent",
+    "CallStarted",
+    "MessageAdded",
+    "ProviderFailed",
+    "SpeechStarted",
+    "SpeechStopped",
+    "TranscriptReceived",
+    "TurnCompleted",
+    "TurnLatency",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class CallStarted:
+    call_id: str
+    at: float
+    wall: float  # time.time() at start
+    transport: str
+    assistant: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    call_id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStopped:
+    call_id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptReceived:
+    call_id: str
+    at: float
+    text: str
+    is_final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TurnLatency:
+    """Where one turn's voice-to-voice time went, in seconds.
+
+    voice_to_voice = end of caller speech → first assistant audio sent to the caller.
+    endpointing = end of speech → turn confirmed; stt = end of speech → final transcript;
+    llm_ttft = LLM request → first token; tts_ttfb = first phrase to TTS → first audio byte;
+    server = voice_to_voice − endpointing − llm_ttft − tts_ttfb (what our own code added).
+    """
+
+    voice_to_voice: float
+    endpointing: float
+    stt: float
+    llm_ttft: float
+    tts_ttfb: float
+    server: float
+
+
+@dataclass(frozen=True, slots=True)
+class MessageAdded:
+    """A message joined the conversation (Vapi's `messages`: user/bot/system/tool)."""
+
+    call_id: str
+    at: float
+    role: str
+    content: str
+    duration: float = 0.0
+    interrupted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TurnCompleted:
+    call_id: str
+    at: float
+    index: int
+    user_text: str
+    assistant_text: str  # what the caller heard
+    interrupted: bool
+    latency: TurnLatency | None  # None when no audio was produced (e.g. interrupted too early)
+
+
+@dataclass(frozen=True, slots=True)
+class BargeIn:
+    call_id: str
+    at: float
+    onset: float  # when the caller's speech began
+    heard_text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderFailed:
+    call_id: str
+    at: float
+    stage: str  # "stt" | "llm" | "tts"
+    provider: str
+    error: str
+    retryable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    call_id: str
+    at: float
+    reason: EndedReason
+    detail: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+CallEvent = (
+    CallStarted
+    | SpeechStarted
+    | SpeechStopped
+    | TranscriptReceived
+    | TurnCompleted
+    | MessageAdded
+    | BargeIn
+    | ProviderFailed
+    | CallEnded
+)

@@ -1,0 +1,97 @@
+"""The small interfaces the call loop talks to.
+
+A `CallSession` knows nothing about Twilio, WebRTC, Deepgram or Piper: it sees a
+`media.transport.CallTransport`, streaming STT/LLM/TTS, a VAD and a turn model, and an `EventSink`. Each real implementation and each test fake satisfies these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+from voice.events import CallEvent
+from voice.types import ChatMessage, LlmDelta, Transcript, TtsChunk
+
+__all__ = [
+    "EventSink",
+    "LanguageModel",
+    "SpeechToText",
+    "SttStream",
+    "TextToSpeech",
+    "TurnDetector",
+    "VadModel",
+    "VadStream",
+]
+
+
+# --- speech and language engines ---------------------------------------------------------------
+
+
+class SttStream(Protocol):
+    """One call's streaming recognition. Created when the call starts, closed when it ends."""
+
+    async def send_audio(self, audio: bytes) -> None:
+        """μ-law 8 kHz caller audio, in order, as it arrives."""
+        ...
+
+    async def finalize(self) -> None:
+        """Our VAD says the caller stopped: produce a final result for the audio so far."""
+        ...
+
+    def transcripts(self) -> AsyncIterator[Transcript]:
+        """Interim and final results, in order; ends when the stream is closed."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class SpeechToText(Protocol):
+    name: str
+
+    async def connect(self) -> SttStream: ...
+
+
+class LanguageModel(Protocol):
+    name: str
+
+    def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[LlmDelta]:
+        """Stream a reply to `messages` (OpenAI chat order, system prompt first)."""
+        ...
+
+
+class TextToSpeech(Protocol):
+    name: str
+    voice_key: str  # identifies the voice for caching synthesized audio (greeting cache)
+
+    def synthesize(self, text: str) -> AsyncIterator[TtsChunk]:
+        """μ-law 8 kHz audio for `text`, streamed as it is produced."""
+        ...
+
+
+class VadStream(Protocol):
+    """Per-call VAD state over a shared model."""
+
+    def process(self, pcm16: bytes) -> float | None:
+        """Feed 8 kHz PCM16; return the speech probability of the newest complete window,
+        or None when no window completed."""
+        ...
+
+
+class VadModel(Protocol):
+    def stream(self) -> VadStream: ...
+
+
+class TurnDetector(Protocol):
+    """End-of-turn model (smart-turn). CPU-heavy: callers run it off the event loop."""
+
+    def completion_probability(self, pcm16: bytes, sample_rate: int) -> float: ...
+
+
+# --- observers ---------------------------------------------------------------------------------
+
+
+class EventSink(Protocol):
+    """Receives every event of a call. `emit` must not block or raise: a sink that can fall behind
+    keeps its own bounded buffer and counts what it drops."""
+
+    def emit(self, event: CallEvent) -> None: ...
