@@ -22,7 +22,8 @@ def _lowpass(cutoff: float) -> npt.NDArray[np.float32]:
     """Windowed-sinc low-pass; `cutoff` is a fraction of the input Nyquist."""
     n = np.arange(_TAPS) - (_TAPS - 1) / 2
     h = cutoff * np.sinc(cutoff * n) * np.blackman(_TAPS)
-    return (h / h.sum()).astype(np.float32)
+    taps: npt.NDArray[np.float32] = (h / h.sum()).astype(np.float32)
+    return taps
 
 
 class StreamingResampler:
@@ -48,7 +49,8 @@ class StreamingResampler:
             self._tail = padded[len(padded) - (_TAPS - 1) :]
             x = np.convolve(padded, self._fir, mode="valid").astype(np.float32)
         y = self._stream.resample_chunk(x, last=last)
-        return np.clip(np.rint(y * 32768.0), -32768, 32767).astype("<i2").tobytes()
+        out: bytes = np.clip(np.rint(y * 32768.0), -32768, 32767).astype("<i2").tobytes()
+        return out
 
 
 def resample_once(pcm16: bytes, in_rate: int, out_rate: int) -> bytes:

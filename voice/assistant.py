@@ -69,7 +69,9 @@ class ModelConfig(_Vapi):
     url: str | None = None  # custom-llm
     # offline responder (provider "local"): AVA's extension
     rules: list[KeywordRule] = Field(default_factory=list)
-    fallback_reply: str = "Sorry, I can only help with a few things. Could you say that another way?"
+    fallback_reply: str = (
+        "Sorry, I can only help with a few things. Could you say that another way?"
+    )
 
     @property
     def system_prompt(self) -> str:
@@ -126,8 +128,6 @@ class StopSpeakingPlan(_Vapi):
         default_factory=lambda: list(DEFAULT_ACKNOWLEDGEMENTS)
     )
     interruption_phrases: list[str] = Field(default_factory=lambda: list(DEFAULT_INTERRUPTIONS))
-    # AVA extension: after onset, how long to wait for words before interrupting anyway.
-    decision_seconds: float = Field(default=0.35, ge=0, le=2)
 
 
 class Assistant(_Vapi):

@@ -1,7 +1,8 @@
 """The small interfaces the call loop talks to.
 
 A `CallSession` knows nothing about Twilio, WebRTC, Deepgram or Piper: it sees a
-`media.transport.CallTransport`, streaming STT/LLM/TTS, a VAD and a turn model, and an `EventSink`. Each real implementation and each test fake satisfies these.
+`media.transport.CallTransport`, streaming STT/LLM/TTS, a VAD and a turn model, and an
+`EventSink`. Each real implementation and each test fake satisfies these.
 """
 
 from __future__ import annotations

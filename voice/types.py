@@ -87,7 +87,11 @@ class ChatMessage:
         message: dict[str, Any] = {"role": self.role, "content": self.content}
         if self.tool_calls:
             message["tool_calls"] = [
-                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                }
                 for c in self.tool_calls
             ]
         if self.tool_call_id is not None:
@@ -98,7 +102,7 @@ class ChatMessage:
 @dataclass(frozen=True, slots=True)
 class WordTiming:
     word: str
-    start: float  # seconds from the start of the chunk's utterance
+    start: float  # seconds from the start of the audio of the whole `synthesize()` call
     end: float
 
 

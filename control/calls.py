@@ -1,0 +1,154 @@
+"""Live calls of this process and the record each call leaves.
+
+The record is built from the session's events (the `EventSink`), so whatever ends a call, the
+record says why. Records live in memory here (the most recent `max_records`); the database
+recorder subscribes to the same events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from voice.events import (
+    BargeIn,
+    CallEnded,
+    CallEvent,
+    CallStarted,
+    MessageAdded,
+    ProviderFailed,
+    TurnCompleted,
+)
+from voice.session import CallSession
+from voice.types import EndedReason
+
+__all__ = ["CallManager", "CallRecord"]
+
+log = logging.getLogger("ava.calls")
+
+
+@dataclass(slots=True)
+class CallRecord:
+    id: str
+    transport: str = ""
+    assistant: str = ""
+    status: str = "in-progress"
+    started_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+    ended_reason: str | None = None
+    ended_detail: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    turns: list[dict[str, Any]] = field(default_factory=list)
+    barge_ins: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class CallManager:
+    """Tracks live sessions (for limits and drain) and keeps their records."""
+
+    def __init__(self, max_calls: int, max_records: int = 1000) -> None:
+        self.max_calls = max_calls
+        self.live: dict[str, CallSession] = {}
+        self.records: OrderedDict[str, CallRecord] = OrderedDict()
+        self._max_records = max_records
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def record(self, call_id: str) -> CallRecord:
+        record = self.records.get(call_id)
+        if record is None:
+            record = self.records[call_id] = CallRecord(call_id)
+            while len(self.records) > self._max_records:
+                self.records.popitem(last=False)
+        return record
+
+    def find(self, key: str) -> CallRecord | None:
+        """By AVA call id or by Twilio CallSid."""
+        record = self.records.get(key)
+        if record is not None:
+            return record
+        for record in reversed(self.records.values()):
+            if record.metadata.get("call_sid") == key:
+                return record
+        return None
+
+    def reject(self, call_id: str, reason: EndedReason, detail: str, **metadata: str) -> None:
+        """A stream that never became a call (bad token, malformed start) still leaves a record."""
+        record = self.record(call_id)
+        record.status, record.ended_at = "ended", time.time()
+        record.ended_reason, record.ended_detail = reason.value, detail
+        record.metadata.update(metadata)
+
+    def emit(self, event: CallEvent) -> None:
+        record = self.record(event.call_id)
+        if isinstance(event, CallStarted):
+            record.transport, record.assistant = event.transport, event.assistant
+            record.started_at = event.wall
+            record.metadata.update(event.metadata)
+        elif isinstance(event, MessageAdded):
+            record.messages.append(
+                {
+                    "role": event.role,
+                    "message": event.content,
+                    "secondsFromStart": round(event.at, 3),
+                    "duration": round(event.duration, 3),
+                    "interrupted": event.interrupted,
+                }
+            )
+        elif isinstance(event, TurnCompleted):
+            turn: dict[str, Any] = {
+                "index": event.index,
+                "user": event.user_text,
+                "assistant": event.assistant_text,
+                "interrupted": event.interrupted,
+            }
+            if event.latency is not None:
+                turn["latency"] = {k: round(v, 4) for k, v in asdict(event.latency).items()}
+            record.turns.append(turn)
+        elif isinstance(event, BargeIn):
+            record.barge_ins.append(
+                {
+                    "at": round(event.at, 3),
+                    "onset": round(event.onset, 3),
+                    "heard": event.heard_text,
+                }
+            )
+        elif isinstance(event, ProviderFailed):
+            record.errors.append(asdict(event))
+        elif isinstance(event, CallEnded):
+            record.status, record.ended_at = "ended", time.time()
+            record.ended_reason, record.ended_detail = event.reason.value, event.detail
+
+    async def run(self, session: CallSession) -> CallEnded:
+        if self.draining or len(self.live) >= self.max_calls:
+            session.hang_up(
+                EndedReason.SERVER_SHUTDOWN if self.draining else EndedReason.SERVER_ERROR,
+                "server draining" if self.draining else "too many concurrent calls",
+            )
+        self.live[session.call_id] = session
+        self._idle.clear()
+        try:
+            return await session.run()
+        finally:
+            self.live.pop(session.call_id, None)
+            if not self.live:
+                self._idle.set()
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Stop taking calls, ask live ones to end, wait up to `grace_seconds` for them."""
+        self.draining = True
+        for session in list(self.live.values()):
+            session.hang_up(EndedReason.SERVER_SHUTDOWN, "server shutting down")
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace_seconds)
+        except TimeoutError:
+            log.warning("%d calls still live after drain", len(self.live))

@@ -1,0 +1,110 @@
+"""`ava`: serve, place a simulated call."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+# What `ava call` says without --say: two questions the sample assistant answers.
+DEFAULT_SCRIPT = ("What are your opening hours?", "Where are you located?")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from control.app import create_app
+    from control.settings import Settings
+
+    overrides: dict[str, object] = {}
+    if args.assistant:
+        overrides["assistant_file"] = Path(args.assistant)
+    if args.host:
+        overrides["host"] = args.host
+    if args.port:
+        overrides["port"] = args.port
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        # Twilio frames are ~400 bytes; anything near this is hostile or broken.
+        ws_max_size=256 * 1024,
+        timeout_graceful_shutdown=int(settings.drain_seconds) + 5,
+    )
+    return 0
+
+
+def _call(args: argparse.Namespace) -> int:
+    from control.speech import synthesize_ulaw
+    from media.twilio.caller import CallScript, place_call
+    from media.wav import read_wav_ulaw
+
+    utterances: list[bytes]
+    if args.say:
+        utterances = [read_wav_ulaw(Path(p)) for p in args.say]
+    else:
+        utterances = synthesize_ulaw(list(DEFAULT_SCRIPT))
+    script = CallScript(
+        utterances=utterances,
+        barge_in_after=args.barge_in,
+        hang_up_after_reply=True,
+    )
+    report = asyncio.run(
+        place_call(
+            args.url,
+            script,
+            auth_token=args.auth_token,
+            from_number=args.from_number,
+            to_number=args.to_number,
+        )
+    )
+    print(report.render())  # noqa: T201 - CLI output
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_json(), indent=2))
+    return 0 if report.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ava", description="AVA voice-agent server")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--assistant", help="assistant JSON for calls that name no other")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=_serve)
+
+    call = sub.add_parser("call", help="place a simulated Twilio call against a running server")
+    call.add_argument("url", nargs="?", default="http://127.0.0.1:8000")
+    call.add_argument("--say", action="append", help="WAV file the caller says (repeatable)")
+    call.add_argument(
+        "--barge-in",
+        type=float,
+        default=None,
+        help="start the last utterance this many seconds into the reply before it",
+    )
+    call.add_argument("--auth-token", default=None, help="Twilio auth token to sign with")
+    call.add_argument("--from-number", default="+15551230000")
+    call.add_argument("--to-number", default="+15557654321")
+    call.add_argument("--json", help="also write the report as JSON here")
+    call.set_defaults(func=_call)
+
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""What the app holds for its lifetime, built once in the lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from control.calls import CallManager
+from control.engines import EngineSource
+from control.settings import Settings
+from voice.assistant import Assistant
+
+__all__ = ["AppState"]
+
+
+@dataclass(slots=True)
+class AppState:
+    settings: Settings
+    engines: EngineSource
+    calls: CallManager
+    default_assistant: Assistant
+    assistants: dict[str, Assistant] = field(default_factory=dict)
+    ready: bool = False
+
+    def assistant_for(self, key: str) -> Assistant:
+        return self.assistants.get(key, self.default_assistant)

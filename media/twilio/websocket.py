@@ -1,0 +1,112 @@
+"""The one I/O shell of the Twilio path: a Starlette WebSocket driven through `TwilioStream`.
+
+It only moves text between the socket and the sans-I/O protocol. Bad input closes the socket
+with 1008 (policy) and surfaces as `TransportClosed(malformed=True)`; our own failure closes with
+1011; a normal end closes with 1000, which ends Twilio's `<Connect>` and with it the call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import NoReturn
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from media.transport import InboundEvent, TransportClosed
+from media.twilio.messages import ProtocolError, Start
+from media.twilio.protocol import Started, TwilioStream
+
+__all__ = ["TwilioWebSocket"]
+
+log = logging.getLogger("ava.twilio")
+
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008
+CLOSE_INTERNAL = 1011
+
+# endedReasons that mean the server, not the caller, failed
+_OUR_FAULT = ("pipeline-error", "error-server")
+
+
+class TwilioWebSocket:
+    kind = "twilio"
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+        self.stream = TwilioStream()
+        self._pending: deque[InboundEvent] = deque()
+        self._closed = False
+
+    async def wait_started(self) -> Start:
+        """Read until the `start` message (the call's identity); anything else first is bad."""
+        while True:
+            for event in await self._read():
+                if isinstance(event, Started):
+                    return event.start
+                self._pending.append(event)
+
+    async def receive(self) -> InboundEvent:
+        while not self._pending:
+            for event in await self._read():
+                if not isinstance(event, Started):
+                    self._pending.append(event)
+        return self._pending.popleft()
+
+    async def _read(self) -> list[InboundEvent | Started]:
+        if self._closed:
+            raise TransportClosed("socket closed")
+        try:
+            message = await self.websocket.receive()
+        except (WebSocketDisconnect, RuntimeError) as exc:
+            self._closed = True
+            raise TransportClosed("socket closed") from exc
+        if message["type"] == "websocket.disconnect":
+            self._closed = True
+            raise TransportClosed(f"socket closed by peer ({message.get('code', 1005)})")
+        text = message.get("text")
+        if text is None:
+            await self._reject("binary frame: Twilio sends JSON text frames only")
+        try:
+            return list(self.stream.receive_text(text))
+        except ProtocolError as exc:
+            await self._reject(exc.reason)
+
+    async def _reject(self, reason: str) -> NoReturn:
+        log.error("malformed Twilio stream %s: %s", self.stream.stream_sid or "-", reason)
+        await self._close(CLOSE_POLICY, reason)
+        raise TransportClosed(f"malformed stream: {reason}", malformed=True)
+
+    async def send_audio(self, audio: bytes) -> None:
+        await self._send(self.stream.send_media(audio))
+
+    async def send_mark(self, name: str) -> None:
+        await self._send(self.stream.send_mark(name))
+
+    async def send_clear(self) -> None:
+        await self._send(self.stream.send_clear())
+
+    async def _send(self, text: str) -> None:
+        if self._closed:
+            raise TransportClosed("socket closed")
+        try:
+            await self.websocket.send_text(text)
+        except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+            self._closed = True
+            raise TransportClosed("socket closed while sending") from exc
+
+    async def close(self, reason: str) -> None:
+        code = CLOSE_INTERNAL if any(tag in reason for tag in _OUR_FAULT) else CLOSE_NORMAL
+        await self._close(code, reason)
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.websocket.application_state is WebSocketState.DISCONNECTED:
+            return
+        try:
+            # Close reasons are limited to 123 bytes by RFC 6455.
+            await self.websocket.close(code, reason.encode()[:120].decode(errors="ignore"))
+        except (RuntimeError, OSError):
+            pass  # the peer went first; nothing left to tell it
