@@ -27,9 +27,7 @@ def create_app(settings: Settings, *, engines: EngineSource | None = None) -> Fa
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        hub: EngineSource = (
-            engines if engines is not None else await EngineHub.load_async(settings)
-        )
+        hub: EngineSource = engines if engines is not None else await EngineHub.load_async(settings)
         state = AppState(settings, hub, CallManager(settings.max_calls), assistant)
         state.assistants["default"] = assistant
         app.state.ava = state

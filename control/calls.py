@@ -149,6 +149,7 @@ class CallManager:
         for session in list(self.live.values()):
             session.hang_up(EndedReason.SERVER_SHUTDOWN, "server shutting down")
         try:
-            await asyncio.wait_for(self._idle.wait(), grace_seconds)
+            async with asyncio.timeout(grace_seconds):
+                await self._idle.wait()
         except TimeoutError:
             log.warning("%d calls still live after drain", len(self.live))

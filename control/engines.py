@@ -8,8 +8,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from voice.local_llm import LocalResponder
-
 from control.settings import Settings
 from voice.assistant import Assistant
 from voice.engines import (
@@ -25,6 +23,7 @@ from voice.engines import (
 )
 from voice.errors import ConfigError
 from voice.greeting import GreetingCache
+from voice.local_llm import LocalResponder
 from voice.ports import VadModel
 from voice.session import Engines
 

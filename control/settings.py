@@ -19,7 +19,11 @@ _SAMPLE_ASSISTANT = Path(__file__).resolve().parent / "data" / "sample-assistant
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="AVA_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="AVA_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,  # an empty line in .env means "use the default"
+        extra="ignore",
     )
 
     host: str = "127.0.0.1"

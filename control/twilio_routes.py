@@ -9,13 +9,13 @@ import uuid
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, Response, WebSocket
-from media.twilio.signature import public_url, validate_signature
-from media.twilio.twiml import connect_stream
 from starlette.datastructures import Headers
 
 from control.state import AppState
 from control.stream_token import InvalidToken, issue_token, verify_token
 from media.transport import TransportClosed
+from media.twilio.signature import public_url, validate_signature
+from media.twilio.twiml import connect_stream
 from media.twilio.websocket import CLOSE_POLICY, TwilioWebSocket
 from voice.errors import ConfigError
 from voice.session import CallSession
@@ -99,7 +99,8 @@ async def media_stream(websocket: WebSocket) -> None:
     transport = TwilioWebSocket(websocket)
     call_id = f"call_{uuid.uuid4().hex}"
     try:
-        start = await asyncio.wait_for(transport.wait_started(), START_TIMEOUT)
+        async with asyncio.timeout(START_TIMEOUT):
+            start = await transport.wait_started()
     except TransportClosed as exc:
         state.calls.reject(
             call_id,

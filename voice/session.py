@@ -20,9 +20,8 @@ from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-from media.pacing import Pacer, PlayoutTracker
-
 from media.g711 import ulaw_to_pcm16
+from media.pacing import Pacer, PlayoutTracker
 from media.transport import (
     AudioReceived,
     CallTransport,
@@ -253,9 +252,10 @@ class CallSession:
 
     async def _connect_stt(self) -> None:
         try:
-            stream = await asyncio.wait_for(
-                self.engines.stt.connect(), self.options.stt_connect_timeout
-            )
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow the call's own
+            # cancellation when the connect completes in the same tick, leaving a live task.
+            async with asyncio.timeout(self.options.stt_connect_timeout):
+                stream = await self.engines.stt.connect()
         except (ProviderError, TimeoutError) as exc:
             self._provider_failed("stt", self.engines.stt.name, exc)
             return
@@ -524,6 +524,8 @@ class CallSession:
                 playing.tracker.add_chunk(name, seconds, now)
                 if playing.first_sent is None:
                     playing.first_sent = now
+                    if reply.is_greeting:
+                        self.turns.assistant_started(now)
                     await self._apply(self.turns.set_assistant_audible(True, now), now)
         if seq and not playing.tracker.finished:
             await playing.all_played.wait()
@@ -531,7 +533,7 @@ class CallSession:
         self._playing = None
         self._record_reply(playing, interrupted=False, now=now)
         await self._apply(self.turns.set_assistant_audible(False, now), now)
-        self.turns.reply_finished(now)
+        await self._apply(self.turns.reply_finished(now), now)
         self._last_activity = now
         phrase = find_end_call_phrase(reply.text, self.assistant.end_call_phrases)
         if phrase is not None:

@@ -165,6 +165,10 @@ class TurnTaker:
         self._speech_onset: float | None = None  # onset of the caller's current speech
         self._barge_onset: float | None = None  # onset of speech over the assistant (paused)
         self._barge_text = ""
+        # Caller speech that began and ended under a reply that could not be interrupted.
+        self._unanswered_speech_end: float | None = None
+        # Onset of a run of speech already judged an acknowledgement: ignored until it ends.
+        self._acknowledged_onset: float | None = None
 
     # --- inputs ----------------------------------------------------------------------------
 
@@ -199,6 +203,10 @@ class TurnTaker:
             if text:
                 self._barge_text = text
             return self._decide_barge_in(now)
+        if self._acknowledged_onset is not None and text and self.assistant_audible:
+            if not is_acknowledgement(text, self.config.acknowledgement_phrases):
+                # "okay, but what about…": more than an acknowledgement after all.
+                return self._interrupt(self._acknowledged_onset)
         if self.state is TurnState.RESPONDING:
             return []  # words for the next turn; VAD opens it
         if self.state is TurnState.LISTENING and result.is_final and text:
@@ -228,14 +236,30 @@ class TurnTaker:
             return [ResumeOutput()]
         return []
 
+    def assistant_started(self, now: float) -> list[TurnAction]:
+        """The assistant speaks without a caller turn (the greeting)."""
+        if self.state is TurnState.LISTENING:
+            self.state = TurnState.RESPONDING
+        return []
+
     def reply_finished(self, now: float) -> list[TurnAction]:
         """The reply has been fully played (or abandoned)."""
         self.assistant_audible = False
         self._barge_onset = None
-        if self.state is TurnState.RESPONDING:
-            self.state = TurnState.LISTENING
-            if self._speech_onset is not None:
-                self.state = TurnState.USER_SPEAKING
+        if self.state is not TurnState.RESPONDING:
+            return []
+        missed, self._unanswered_speech_end = self._unanswered_speech_end, None
+        if self._speech_onset is not None:
+            self.state = TurnState.USER_SPEAKING
+            return []
+        if missed is not None:
+            # The caller spoke under a reply they could not interrupt: answer them now.
+            self.state = TurnState.PENDING
+            self._turn.speech_end = missed
+            self._turn.stt_done_at = None
+            self._turn.turn_complete = None if self.config.use_turn_model else True
+            return [FinalizeStt(), RunTurnModel(missed), *self._maybe_commit(now)]
+        self.state = TurnState.LISTENING
         return []
 
     def tick(self, now: float) -> list[TurnAction]:
@@ -266,6 +290,8 @@ class TurnTaker:
                 if run >= self.config.voice_seconds and self._speech_onset is None:
                     self._speech_onset = self._voiced_since
                 return []
+            if self._acknowledged_onset is not None:
+                return []
             if self._barge_onset is None:
                 self._barge_onset = self._voiced_since
                 self._barge_text = ""
@@ -291,13 +317,16 @@ class TurnTaker:
     def _on_unvoiced(self, now: float) -> list[TurnAction]:
         assert self._unvoiced_since is not None
         silence = now - self._unvoiced_since
+        if silence >= self.config.vad_silence_seconds:
+            self._acknowledged_onset = None
         if self._barge_onset is not None:
             if silence >= self.config.vad_silence_seconds:
                 return self._resume()  # a blip shorter than voice_seconds: keep talking
             return []
         if self.state is TurnState.RESPONDING:
-            if silence >= self.config.vad_silence_seconds:
+            if silence >= self.config.vad_silence_seconds and self._speech_onset is not None:
                 self._speech_onset = None
+                self._unanswered_speech_end = self._unvoiced_since
             return []
         if self.state is not TurnState.USER_SPEAKING:
             if silence >= self.config.vad_silence_seconds:
@@ -353,12 +382,13 @@ class TurnTaker:
             return self._interrupt(onset)
         if text and is_acknowledgement(text, config.acknowledgement_phrases):
             # "uh-huh": the caller is listening, not taking the turn.
+            self._acknowledged_onset = onset
             return self._resume()
         if config.num_words > 0:
             return self._interrupt(onset) if word_count(text) >= config.num_words else []
-        # The words lag the sound by ~300 ms: at voice_seconds we interrupt without them. A
-        # pause of vad_silence_seconds would already have resumed, so the caller is still on.
-        if now - onset >= config.voice_seconds:
+        # The words lag the sound by ~300 ms: at voice_seconds we interrupt without them, if the
+        # caller is still talking (a shorter spike is not an interruption).
+        if now - onset >= config.voice_seconds and self._voiced_since is not None:
             return self._interrupt(onset)
         return []
 
@@ -371,6 +401,7 @@ class TurnTaker:
     def _interrupt(self, onset: float) -> list[TurnAction]:
         self._barge_onset = None
         self._barge_text = ""
+        self._acknowledged_onset = None
         self.assistant_audible = False
         self.state = TurnState.USER_SPEAKING
         self._speech_onset = onset

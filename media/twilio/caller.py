@@ -343,7 +343,9 @@ async def _speak_script(ws: websockets.ClientConnection, call: _Call) -> None:
         ):
             report.error = f"no reply to utterance {turn.utterance + 1}"
             break
-        if last_done and turn is not None:
+        if last_done and turn is None:
+            pass  # nothing to say: listen until the server ends the call or time runs out
+        elif last_done and turn is not None:
             if hang_up_at is None and turn.reply_start is not None:
                 if script.hang_up_after is not None:
                     hang_up_at = turn.reply_start + script.hang_up_after

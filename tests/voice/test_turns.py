@@ -68,7 +68,7 @@ def speak_and_pause(turns: TurnTaker) -> tuple[list[TurnAction], float]:
 def test_silence_opens_the_decision_then_stt_and_turn_model_commit() -> None:
     turns = make()
     actions, speech_end = speak_and_pause(turns)
-    assert speech_end == pytest.approx(2.016, abs=0.001)  # first silent window
+    assert speech_end == pytest.approx(2.0)  # the first silent window
     assert of_type(actions, FinalizeStt)
     assert turns.state is TurnState.PENDING
     assert turns.turn_model_result(0.9, speech_end, 2.25) == []  # still no transcript
@@ -169,6 +169,16 @@ def test_acknowledgement_does_not_interrupt() -> None:
     assert turns.state is TurnState.RESPONDING
 
 
+def test_more_than_an_acknowledgement_interrupts() -> None:
+    turns = responding()
+    feed(turns, 3.0, 3.1, 0.95)
+    assert turns.transcript(Transcript("okay", is_final=False), 3.15) == [ResumeOutput()]
+    feed(turns, 3.15, 3.4, 0.95)
+    assert turns.transcript(Transcript("okay so how much", is_final=False), 3.45) == [
+        Interrupt(3.0)
+    ]
+
+
 @pytest.mark.parametrize("words", ["okay", "Yeah, okay.", "mm-hmm right"])
 def test_acknowledgement_variants(words: str) -> None:
     turns = responding()
@@ -229,3 +239,19 @@ def test_without_turn_model_stt_alone_commits() -> None:
     _, speech_end = speak_and_pause(turns)
     (commit,) = of_type(turns.transcript(final("hi"), 2.35), CommitTurn)
     assert commit.speech_end == speech_end
+
+
+def test_speech_under_an_uninterruptible_greeting_is_answered_after_it() -> None:
+    turns = make()
+    turns.assistant_started(0.0)
+    turns.set_assistant_audible(True, 0.0)
+    turns.interruptible = False
+    assert feed(turns, 0.5, 1.5, 0.95) == []  # no barge-in on the greeting
+    assert feed(turns, 1.5, 2.0, 0.05) == []
+    actions = turns.reply_finished(2.5)
+    assert actions[:2] == [FinalizeStt(), RunTurnModel(1.5)]
+    (commit,) = of_type(
+        turns.transcript(final("Is it open?"), 2.6) + turns.turn_model_result(0.9, 1.5, 2.6),
+        CommitTurn,
+    )
+    assert commit.text == "Is it open?" and commit.speech_end == 1.5

@@ -1,0 +1,271 @@
+"""A protocol-faithful fake of OpenAI Chat Completions streaming and speech (protocols.md §4).
+
+`POST /v1/chat/completions` writes `data: <chat.completion.chunk>` events exactly as the captured
+streams do: a role delta first, content deltas (or tool-call deltas: index/id/name first, then
+argument fragments), a finish_reason chunk, the usage chunk with empty `choices` when
+`stream_options.include_usage`, then `data: [DONE]`. The reply comes from `config.reply`, a
+callable of the request's messages. `POST /v1/audio/speech` streams raw 24 kHz s16le PCM whose
+length is proportional to the input text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from benchmarks.fakes.server import REJECT_STATUS, Fault, FaultSwitch, speech_like_pcm16
+
+__all__ = ["FakeToolCall", "OpenAiFake", "OpenAiFakeConfig", "Reply", "echo_reply"]
+
+SPEECH_RATE = 24_000
+
+
+@dataclass(frozen=True)
+class FakeToolCall:
+    name: str
+    arguments: str  # JSON text
+
+
+Reply = str | Sequence[FakeToolCall]
+
+
+def echo_reply(messages: list[dict[str, Any]]) -> Reply:
+    last = next((m for m in reversed(messages) if m.get("role") == "user"), None)
+    return f"You said: {last['content']}" if last else "Hello! How can I help you today?"
+
+
+class _InjectedDrop(Exception):
+    """Raised inside a response body so the server cuts the connection mid-stream."""
+
+
+@dataclass
+class OpenAiFakeConfig:
+    api_key: str = "test-key"
+    reply: Callable[[list[dict[str, Any]]], Reply] = echo_reply
+    first_token_latency: float = 0.3
+    tokens_per_second: float = 40.0
+    fault: Fault | None = None  # chat completions
+    fault_count: int | None = None  # requests that get the fault; None: all
+    fault_after_tokens: int = 0  # STALL/GARBAGE/DROP after this many content/argument deltas
+    speech_first_byte_latency: float = 0.15
+    speech_seconds_per_char: float = 0.06
+    speech_chunk_bytes: int = 4801  # odd on purpose: network reads split samples too
+    speech_realtime_factor: float = 4.0  # audio streams this many times faster than real time
+    speech_fault: Fault | None = None
+    speech_fault_count: int | None = None
+    stall_limit: float = 60.0  # a stalled response gives up after this long regardless
+
+
+@dataclass
+class OpenAiFake:
+    config: OpenAiFakeConfig = field(default_factory=OpenAiFakeConfig)
+    chat_requests: list[dict[str, Any]] = field(default_factory=list)
+    speech_requests: list[dict[str, Any]] = field(default_factory=list)
+    speech_bytes_sent: list[int] = field(default_factory=list)
+    unauthorized: int = 0
+
+    def __post_init__(self) -> None:
+        self._chat_faults = FaultSwitch()
+        self._speech_faults = FaultSwitch()
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/audio/speech", self._speech, methods=["POST"]),
+            ]
+        )
+
+    # --- shared --------------------------------------------------------------------------------
+
+    def _auth_error(self, request: Request) -> Response | None:
+        if request.headers.get("authorization") == f"Bearer {self.config.api_key}":
+            return None
+        self.unauthorized += 1
+        return _error(
+            401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+        )
+
+    async def _stall(self) -> None:
+        # Writes nothing; Starlette cancels this when the client disconnects (ASGI spec < 2.4).
+        await asyncio.sleep(self.config.stall_limit)
+
+    # --- chat completions ----------------------------------------------------------------------
+
+    async def _chat(self, request: Request) -> Response:
+        if (denied := self._auth_error(request)) is not None:
+            return denied
+        body = await request.json()
+        self.chat_requests.append(body)
+        fault = self._chat_faults.take(self.config.fault, self.config.fault_count)
+        if fault in REJECT_STATUS:
+            return _fault_error(REJECT_STATUS[fault])
+        reply = self.config.reply(list(body.get("messages", [])))
+        if not body.get("stream"):
+            return JSONResponse(_completion(body, reply))
+        return StreamingResponse(self._chunks(body, reply, fault), media_type="text/event-stream")
+
+    async def _chunks(
+        self, body: dict[str, Any], reply: Reply, fault: Fault | None
+    ) -> AsyncIterator[bytes]:
+        cfg = self.config
+        base = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body.get("model", "gpt-4o-mini"),
+            "system_fingerprint": "fp_fake",
+        }
+
+        def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+            return f"data: {json.dumps({**base, 'choices': choices, **extra})}\n\n".encode()
+
+        def delta(content: dict[str, Any], finish: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": content, "logprobs": None, "finish_reason": finish}
+            return event([choice])
+
+        if fault is Fault.STALL and cfg.fault_after_tokens == 0:
+            await self._stall()
+            return
+        await asyncio.sleep(cfg.first_token_latency)
+        tools = not isinstance(reply, str)
+        if isinstance(reply, str):
+            pieces = _text_pieces(reply)
+            yield delta({"role": "assistant", "content": "", "refusal": None})
+        else:
+            # as captured: the first tool-call delta also carries the role
+            pieces = _tool_pieces(reply)
+            if pieces:
+                pieces[0] = {"role": "assistant", "content": None, **pieces[0], "refusal": None}
+        for sent, piece in enumerate(pieces):
+            if fault is not None and sent == cfg.fault_after_tokens:
+                if fault is Fault.STALL:
+                    await self._stall()
+                    return
+                if fault is Fault.GARBAGE:
+                    yield b'data: {"id": "chatcmpl-garbage", "choices": [{"delta": \n\n'
+                    return
+                if fault is Fault.DROP:
+                    raise _InjectedDrop("fault: drop the stream")
+            if sent:
+                await asyncio.sleep(1.0 / cfg.tokens_per_second)
+            yield delta(piece)
+        yield delta({}, "tool_calls" if tools else "stop")
+        options = body.get("stream_options") or {}
+        if options.get("include_usage"):
+            prompt = sum(len(str(m.get("content") or "").split()) for m in body["messages"])
+            usage = {
+                "prompt_tokens": prompt,
+                "completion_tokens": len(pieces),
+                "total_tokens": prompt + len(pieces),
+                "completion_tokens_details": {"reasoning_tokens": 0},
+            }
+            yield event([], usage=usage)
+        yield b"data: [DONE]\n\n"
+
+    # --- speech --------------------------------------------------------------------------------
+
+    async def _speech(self, request: Request) -> Response:
+        if (denied := self._auth_error(request)) is not None:
+            return denied
+        body = await request.json()
+        self.speech_requests.append(body)
+        fault = self._speech_faults.take(self.config.speech_fault, self.config.speech_fault_count)
+        if fault in REJECT_STATUS:
+            return _fault_error(REJECT_STATUS[fault])
+        if body.get("response_format") != "pcm":
+            return _error(400, "The fake only produces pcm.", "invalid_request_error", None)
+        text = str(body.get("input", ""))
+        speed = float(body.get("speed", 1.0))
+        seconds = len(text) * self.config.speech_seconds_per_char / speed
+        index = len(self.speech_bytes_sent)
+        self.speech_bytes_sent.append(0)
+        return StreamingResponse(
+            self._pcm(seconds, index, fault), media_type="application/octet-stream"
+        )
+
+    async def _pcm(self, seconds: float, index: int, fault: Fault | None) -> AsyncIterator[bytes]:
+        cfg = self.config
+        if fault is Fault.STALL:
+            await self._stall()
+            return
+        await asyncio.sleep(cfg.speech_first_byte_latency)
+        pcm = speech_like_pcm16(seconds, SPEECH_RATE)
+        step = cfg.speech_chunk_bytes
+        for offset in range(0, len(pcm), step):
+            if fault is Fault.DROP and offset:
+                raise _InjectedDrop("fault: drop the audio stream")
+            piece = pcm[offset : offset + step]
+            self.speech_bytes_sent[index] += len(piece)
+            yield piece
+            await asyncio.sleep(len(piece) / 2 / SPEECH_RATE / cfg.speech_realtime_factor)
+
+
+def _text_pieces(text: str) -> list[dict[str, Any]]:
+    # Word-ish tokens with their leading space, as real streams split text.
+    words = text.split(" ")
+    return [{"content": w if i == 0 else " " + w} for i, w in enumerate(words)]
+
+
+def _tool_pieces(calls: Sequence[FakeToolCall]) -> list[dict[str, Any]]:
+    pieces: list[dict[str, Any]] = []
+    for index, call in enumerate(calls):
+        head = {
+            "index": index,
+            "id": f"call_{uuid.uuid4().hex[:24]}",
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+        pieces.append({"tool_calls": [head]})
+        for i in range(0, len(call.arguments), 6):
+            fragment = {"index": index, "function": {"arguments": call.arguments[i : i + 6]}}
+            pieces.append({"tool_calls": [fragment]})
+    return pieces
+
+
+def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
+    if isinstance(reply, str):
+        message["content"] = reply
+        finish = "stop"
+    else:
+        message["tool_calls"] = [
+            {
+                "id": f"call_{uuid.uuid4().hex[:24]}",
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments},
+            }
+            for c in reply
+        ]
+        finish = "tool_calls"
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "gpt-4o-mini"),
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+def _error(status: int, message: str, kind: str, code: str | None) -> Response:
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+def _fault_error(status: int) -> Response:
+    if status == 401:
+        return _error(
+            401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+        )
+    if status == 429:
+        return _error(429, "Rate limit reached.", "requests", "rate_limit_exceeded")
+    return _error(status, "The server had an error.", "server_error", None)

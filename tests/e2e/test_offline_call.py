@@ -1,0 +1,109 @@
+"""End to end on the embedded defaults: real speech, the offline engines, a real websocket.
+
+The caller's questions are synthesized at test time with the Piper voice; the server hears them
+through Silero VAD, smart-turn and Whisper, answers with the local responder and Piper, and the
+simulated Twilio caller measures what it hears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from control.app import create_app
+from control.engines import EngineHub
+from control.speech import synthesize_ulaw
+from media.twilio.caller import CallScript, place_call
+from tests.conftest import AssistantFactory, serve, settings_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineHub]:
+    settings = settings_for(
+        Path("control/data/sample-assistant.json"), tmp_path_factory.mktemp("e2e")
+    )
+    engines = EngineHub.load(settings)
+    yield engines
+    engines.close()
+
+
+@pytest.fixture(scope="module")
+def questions(hub: EngineHub) -> dict[str, bytes]:
+    texts = {
+        "hours": "What are your opening hours?",
+        "where": "Where are you located?",
+        "services": "Can I book an appointment please?",
+        "interrupt": "Sorry, where exactly are you located?",
+    }
+    audio = synthesize_ulaw(list(texts.values()), hub.piper)
+    return dict(zip(texts, audio, strict=True))
+
+
+@pytest.fixture
+async def server(
+    hub: EngineHub, tmp_path: Path, assistant_file: AssistantFactory
+) -> AsyncIterator[str]:
+    app = create_app(settings_for(assistant_file(), tmp_path), engines=hub)
+    async with serve(app) as base:
+        yield base
+
+
+def spoken(record: dict[str, object]) -> list[tuple[str, str]]:
+    messages = record["messages"]
+    assert isinstance(messages, list)
+    return [(m["role"], m["message"]) for m in messages]
+
+
+async def test_two_turn_conversation(server: str, questions: dict[str, bytes]) -> None:
+    report = await place_call(server, CallScript([questions["hours"], questions["where"]]))
+    assert report.error is None, report.render()
+    assert report.greeting_latency is not None and report.greeting_latency < 0.1
+    record = report.record
+    assert record is not None, report.render()
+    said = spoken(record)
+    assert said[0] == ("bot", "Hello, this is Ava. How can I help you today?")
+    user = [text.lower() for role, text in said if role == "user"]
+    assert len(user) == 2, said
+    assert "hours" in user[0] and "located" in user[1]
+    bot = [text for role, text in said if role == "bot"]
+    assert bot[1].startswith("We are open from nine")
+    assert bot[2].startswith("We are at twelve Main Street")
+    for turn in report.turns:
+        assert turn.voice_to_voice is not None and turn.voice_to_voice < 3.0
+    for turn in record["turns"]:
+        latency = turn["latency"]
+        assert latency["server"] < 0.1, latency
+    assert record["ended_reason"] == "customer-ended-call"
+
+
+async def test_barge_in_on_the_offline_engines(server: str, questions: dict[str, bytes]) -> None:
+    script = CallScript([questions["services"], questions["interrupt"]], barge_in_after=1.0)
+    report = await place_call(server, script)
+    assert report.error is None, report.render()
+    assert report.clears >= 1, report.render()
+    reaction = report.barge_in_reaction
+    assert reaction is not None and reaction < 0.6, report.render()
+    record = report.record
+    assert record is not None
+    interrupted = [m for m in record["messages"] if m["interrupted"]]
+    assert len(interrupted) == 1
+    full = "I can book that for you. Which day would suit you best?"
+    assert full.startswith(interrupted[0]["message"]) and interrupted[0]["message"] != full
+    last_user = [m["message"].lower() for m in record["messages"] if m["role"] == "user"][-1]
+    assert "located" in last_user
+    assert record["messages"][-1]["message"].startswith("We are at twelve Main Street")
+
+
+async def test_hang_up_mid_reply_leaves_no_tasks(server: str, questions: dict[str, bytes]) -> None:
+    report = await place_call(server, CallScript([questions["hours"]], hang_up_after=0.8))
+    record = report.record
+    assert record is not None
+    assert record["ended_reason"] == "customer-ended-call"
+    assert record["messages"][-1]["interrupted"] is True
+    await asyncio.sleep(0.1)
+    assert [t for t in asyncio.all_tasks() if "CallSession" in repr(t.get_coro())] == []

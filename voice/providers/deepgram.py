@@ -1,0 +1,376 @@
+"""Deepgram live STT over its WebSocket API (protocols.md §2), with websockets directly.
+
+Caller audio is μ-law 8 kHz, which Deepgram takes natively, so binary frames carry Twilio's bytes
+unchanged. One `DeepgramStream` per call:
+
+- `send_audio` keeps a replay buffer of the audio not yet covered by a final result. If the socket
+  drops (not closed by us), `transcripts()` reconnects and replays that buffer, so the words being
+  spoken when it dropped are recognised on the new socket; timestamps stay on one timeline.
+- A KeepAlive text frame goes out after `keepalive_interval` without audio (Deepgram closes an
+  idle socket after 10 s).
+- A server that stops answering while audio flows is a `ProviderTimeout` after `result_timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+from urllib.parse import urlencode
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from voice.errors import ProviderError, ProviderProtocolError, ProviderTimeout
+from voice.providers._ws import close_code, describe_close, map_websocket_errors
+from voice.providers.options import ReconnectPolicy
+from voice.types import SAMPLE_RATE, Transcript
+
+__all__ = ["DeepgramStream", "DeepgramStt"]
+
+_KEEPALIVE = json.dumps({"type": "KeepAlive"})
+_FINALIZE = json.dumps({"type": "Finalize"})
+_CLOSE_STREAM = json.dumps({"type": "CloseStream"})
+_CLOSE_DATA_ERROR = 1008  # DATA-0000: Deepgram cannot decode our audio; reconnecting won't help
+_REPLAY_PIECE = 3200  # 400 ms per frame when replaying, so one frame never gets huge
+_STALL_CHECK = 0.25  # how often the reader looks for a stalled server while waiting
+
+
+def _bool(value: bool) -> str:
+    # Deepgram's query values are strings; Python's "True" is not accepted everywhere.
+    return "true" if value else "false"
+
+
+class DeepgramStt:
+    """Opens one `DeepgramStream` per call. Holds no socket itself."""
+
+    name = "deepgram"
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str = "wss://api.deepgram.com",
+        model: str = "nova-3",
+        language: str = "en",
+        endpointing_ms: int | None = 10,
+        utterance_end_ms: int | None = 1000,
+        smart_format: bool = True,
+        connect_timeout: float = 3.0,
+        keepalive_interval: float = 5.0,
+        result_timeout: float = 8.0,
+        replay_seconds: float = 30.0,
+        reconnect: ReconnectPolicy | None = None,
+    ) -> None:
+        if connect_timeout <= 0 or keepalive_interval <= 0 or result_timeout <= 0:
+            raise ValueError("timeouts and intervals must be positive")
+        self._api_key = api_key
+        self.connect_timeout = connect_timeout
+        self.keepalive_interval = keepalive_interval
+        self.result_timeout = result_timeout
+        self.replay_bytes = max(int(replay_seconds * SAMPLE_RATE), 0)
+        self.reconnect = reconnect or ReconnectPolicy()
+        params: dict[str, str] = {
+            "encoding": "mulaw",
+            "sample_rate": str(SAMPLE_RATE),
+            "channels": "1",
+            "interim_results": "true",
+            "endpointing": "false" if endpointing_ms is None else str(endpointing_ms),
+            "vad_events": "true",
+            "punctuate": "true",
+            "smart_format": _bool(smart_format),
+            "model": model,
+            "language": language,
+        }
+        if utterance_end_ms is not None:
+            params["utterance_end_ms"] = str(utterance_end_ms)
+        self.url = f"{base_url.rstrip('/')}/v1/listen?{urlencode(params)}"
+
+    async def connect(self) -> DeepgramStream:
+        stream = DeepgramStream(self, await self.open_socket())
+        stream.start()
+        return stream
+
+    async def open_socket(self) -> ClientConnection:
+        with map_websocket_errors(self.name, stage="connect", timeout=self.connect_timeout):
+            async with asyncio.timeout(self.connect_timeout):
+                return await connect(
+                    self.url,
+                    additional_headers={"Authorization": f"Token {self._api_key}"},
+                    open_timeout=None,  # the asyncio deadline above owns the connect budget
+                    close_timeout=1.0,
+                    compression=None,  # μ-law does not compress; deflate only costs CPU
+                    proxy=None,  # no ambient proxy configuration from the environment
+                )
+
+
+class DeepgramStream:
+    """One call's recognition. `transcripts()` has a single consumer."""
+
+    def __init__(self, stt: DeepgramStt, ws: ClientConnection) -> None:
+        self._stt = stt
+        self._ws: ClientConnection | None = ws
+        self._loop = asyncio.get_running_loop()
+        # Audio not yet covered by a final result: `_replay[0]` is byte `_replay_start` of the
+        # call's audio. Bounded by `stt.replay_bytes`; when full the oldest audio is dropped
+        # (counted), which only matters if a drop then needs more than that to be replayed.
+        self._replay = bytearray()
+        self._replay_start = 0
+        self._time_offset = 0.0  # call seconds at which the current socket's audio begins
+        self._last_activity = self._loop.time()
+        self._last_message = self._loop.time()
+        self._audio_since_message = 0
+        self._finalize_pending = False
+        self._closing = False
+        self._reading = False
+        self._failure: ProviderError | None = None
+        self._keepalive: asyncio.Task[None] | None = None
+        self.reconnects = 0
+        self.replay_dropped_bytes = 0
+
+    def start(self) -> None:
+        """Start the keepalive task; it is cancelled by `aclose()`."""
+        if self._keepalive is None:
+            self._keepalive = asyncio.create_task(self._keepalive_loop(), name="deepgram-keepalive")
+
+    # --- sending -------------------------------------------------------------------------------
+
+    async def send_audio(self, audio: bytes) -> None:
+        self._check_usable()
+        if not audio:
+            return
+        self._buffer(audio)
+        ws = self._ws
+        if ws is None:
+            return  # reconnecting: the replay sends it
+        self._last_activity = self._loop.time()
+        with contextlib.suppress(ConnectionClosed):
+            # A dead socket is the reader's to handle: it reconnects and replays this audio.
+            await ws.send(audio)
+
+    async def finalize(self) -> None:
+        self._check_usable()
+        ws = self._ws
+        if ws is None:
+            self._finalize_pending = True
+            return
+        try:
+            await ws.send(_FINALIZE)
+        except ConnectionClosed:
+            self._finalize_pending = True  # sent again after the replay
+
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            raise ProviderError(
+                self._stt.name, f"stream failed: {self._failure}", retryable=self._failure.retryable
+            ) from self._failure
+        if self._closing:
+            raise ProviderError(self._stt.name, "stream is closed", retryable=False)
+
+    def _buffer(self, audio: bytes) -> None:
+        self._replay += audio
+        self._audio_since_message += len(audio)
+        excess = len(self._replay) - self._stt.replay_bytes
+        if excess > 0:
+            del self._replay[:excess]
+            self._replay_start += excess
+            self.replay_dropped_bytes += excess
+
+    def _trim_to(self, offset: int) -> None:
+        """Forget audio before call byte `offset`: a final result covers it."""
+        cut = min(offset - self._replay_start, len(self._replay))
+        if cut > 0:
+            del self._replay[:cut]
+            self._replay_start += cut
+
+    async def _keepalive_loop(self) -> None:
+        interval = self._stt.keepalive_interval
+        while True:
+            await asyncio.sleep(max(self._last_activity + interval - self._loop.time(), 0.0))
+            if self._loop.time() - self._last_activity < interval:
+                continue
+            ws = self._ws
+            if ws is not None:
+                with contextlib.suppress(ConnectionClosed):  # the reader handles drops
+                    await ws.send(_KEEPALIVE)
+            self._last_activity = self._loop.time()
+
+    # --- receiving -----------------------------------------------------------------------------
+
+    async def transcripts(self) -> AsyncGenerator[Transcript, None]:
+        if self._reading:
+            raise RuntimeError("transcripts() is already being consumed")
+        self._reading = True
+        try:
+            while True:
+                message = await self._receive()
+                if message is None:
+                    return
+                transcript = self._parse(message)
+                if transcript is not None:
+                    yield transcript
+        finally:
+            self._reading = False
+
+    async def _receive(self) -> str | bytes | None:
+        """The next server message; None once the stream is closed by us."""
+        while True:
+            ws = self._ws
+            if ws is None:  # only after a failure (reconnects happen inside this method)
+                return None
+            try:
+                async with asyncio.timeout(_STALL_CHECK):
+                    message = await ws.recv()
+            except TimeoutError:
+                self._check_stall()
+                continue
+            except ConnectionClosed as exc:
+                if self._closing:
+                    return None
+                await self._recover(exc)
+                continue
+            self._last_message = self._loop.time()
+            self._audio_since_message = 0
+            return message
+
+    def _check_stall(self) -> None:
+        # Deepgram answers audio with results (empty ones for silence); silence from the server
+        # while audio flows means it stopped working. Without audio flowing, quiet is normal.
+        timeout = self._stt.result_timeout
+        quiet = self._loop.time() - self._last_message
+        if quiet > timeout and self._audio_since_message >= timeout * SAMPLE_RATE / 2:
+            raise self._fail(ProviderTimeout(self._stt.name, "results", timeout))
+
+    def _parse(self, message: str | bytes) -> Transcript | None:
+        if isinstance(message, bytes):
+            raise self._fail(ProviderProtocolError(self._stt.name, "unexpected binary frame"))
+        try:
+            data = json.loads(message)
+        except ValueError as exc:
+            raise self._fail(
+                ProviderProtocolError(self._stt.name, f"invalid JSON: {message[:80]!r}")
+            ) from exc
+        if not isinstance(data, dict):
+            raise self._fail(ProviderProtocolError(self._stt.name, "message is not an object"))
+        if data.get("type") != "Results":
+            return None  # Metadata, SpeechStarted, UtteranceEnd, and types added later
+        return self._result(data)
+
+    def _result(self, data: dict[str, Any]) -> Transcript | None:
+        try:
+            alternative = data["channel"]["alternatives"][0]
+            text = alternative["transcript"]
+            if not isinstance(text, str):
+                raise TypeError("transcript is not a string")
+            confidence = float(alternative.get("confidence", 0.0))
+            start = self._time_offset + float(data["start"])
+            end = start + float(data["duration"])
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise self._fail(
+                ProviderProtocolError(self._stt.name, f"malformed Results: {exc!r}")
+            ) from exc
+        is_final = bool(data.get("is_final"))
+        # A Finalize is our own end-of-turn call, so its answer ends the utterance too.
+        speech_final = bool(data.get("speech_final")) or bool(data.get("from_finalize"))
+        if is_final:
+            self._trim_to(int(end * SAMPLE_RATE))
+        elif not text:
+            return None  # empty interims carry nothing
+        return Transcript(
+            text=text,
+            is_final=is_final,
+            speech_final=speech_final,
+            confidence=confidence,
+            start=start,
+            end=end,
+        )
+
+    # --- reconnecting --------------------------------------------------------------------------
+
+    async def _recover(self, exc: ConnectionClosed) -> None:
+        name = self._stt.name
+        self._ws = None
+        if close_code(exc) == _CLOSE_DATA_ERROR:
+            raise self._fail(
+                ProviderProtocolError(name, f"audio rejected: {describe_close(exc)}")
+            ) from exc
+        policy = self._stt.reconnect
+        if self.reconnects >= policy.max_reconnects:
+            raise self._fail(
+                ProviderError(name, f"{describe_close(exc)} (reconnect limit)", retryable=True)
+            ) from exc
+        self.reconnects += 1
+        last: BaseException = exc
+        for attempt in range(policy.attempts):
+            await asyncio.sleep(policy.delay(attempt))
+            try:
+                ws = await self._stt.open_socket()
+            except ProviderError as err:
+                if not err.retryable:
+                    raise self._fail(err) from err
+                last = err
+                continue
+            if self._closing:  # aclose() ran meanwhile and found no socket to close
+                await ws.close()
+                return
+            try:
+                await self._replay_into(ws)
+                if self._finalize_pending:
+                    await ws.send(_FINALIZE)
+            except ConnectionClosed as err:
+                last = err
+                continue
+            self._finalize_pending = False
+            self._ws = ws  # no await since the replay caught up, so no audio is missed
+            self._last_message = self._loop.time()
+            self._audio_since_message = 0
+            return
+        raise self._fail(
+            ProviderError(
+                name,
+                f"{describe_close(exc)}; reconnect failed after {policy.attempts} attempts: {last}",
+                retryable=True,
+            )
+        ) from last
+
+    async def _replay_into(self, ws: ClientConnection) -> None:
+        """Send the unconfirmed audio, then whatever `send_audio` buffered meanwhile."""
+        position = self._replay_start
+        self._time_offset = position / SAMPLE_RATE
+        while True:
+            position = max(position, self._replay_start)
+            pending = bytes(self._replay[position - self._replay_start :])
+            if not pending:
+                return
+            for i in range(0, len(pending), _REPLAY_PIECE):
+                await ws.send(pending[i : i + _REPLAY_PIECE])
+            position += len(pending)
+
+    def _fail(self, error: ProviderError) -> ProviderError:
+        self._failure = error
+        return error
+
+    # --- closing -------------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Send CloseStream, let Deepgram flush its last results briefly, then close."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive
+        ws = self._ws
+        if ws is None:
+            return
+        try:
+            await ws.send(_CLOSE_STREAM)
+            async with asyncio.timeout(1.0):
+                await ws.wait_closed()
+        except (ConnectionClosed, TimeoutError):
+            pass  # closing anyway; nothing more to learn from this socket
+        finally:
+            await ws.close()

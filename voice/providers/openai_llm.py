@@ -1,0 +1,191 @@
+"""Any OpenAI-compatible Chat Completions endpoint, streamed, through the official SDK.
+
+Wire format: protocols.md §4.1. Text deltas are yielded as they arrive; tool calls stream as
+fragments keyed by `index` and are yielded once, complete, when the choice finishes; the usage
+chunk (`stream_options.include_usage`) becomes a last `LlmDelta` with token counts.
+
+The SDK's own retries are off (`max_retries=0`): the session owns retry and fallback, and a
+silent SDK retry would spend the caller's latency budget without anyone deciding to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, cast
+
+import openai
+from openai.types.chat import (
+    ChatCompletionChunk,
+    ChatCompletionMessageParam,
+    ChatCompletionToolUnionParam,
+)
+
+from voice.errors import ProviderError, ProviderProtocolError, ProviderTimeout
+from voice.providers._http import status_error
+from voice.types import ChatMessage, LlmDelta, ToolCall
+
+__all__ = ["OpenAiLlm"]
+
+
+@dataclass(slots=True)
+class _PartialCall:
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+class OpenAiLlm:
+    name = "openai"
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str | None = None,
+        model: str = "gpt-4o-mini",
+        temperature: float = 0.5,
+        max_tokens: int = 250,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        first_token_timeout: float = 4.0,
+        stall_timeout: float = 10.0,
+    ) -> None:
+        if first_token_timeout <= 0 or stall_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        self.model = model
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.tools = [dict(t) for t in tools] if tools else []
+        self.first_token_timeout = first_token_timeout
+        self.stall_timeout = stall_timeout
+        # `timeout` bounds every read, so a stream that stalls after its first token still ends.
+        self._client = openai.AsyncOpenAI(
+            api_key=api_key, base_url=base_url, max_retries=0, timeout=stall_timeout
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[LlmDelta, None]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.first_token_timeout
+        with self._map_errors("first_token", self.first_token_timeout):
+            async with asyncio.timeout_at(deadline):
+                stream = await self._create(messages)
+        try:
+            calls: dict[int, _PartialCall] = {}
+            first = True
+            finished = False
+            while True:
+                # Never yield inside a deadline block: the timeout would cancel the consumer.
+                if first:
+                    with self._map_errors("first_token", self.first_token_timeout):
+                        async with asyncio.timeout_at(deadline):
+                            chunk = await anext(stream, None)
+                else:
+                    with self._map_errors("stream", self.stall_timeout):
+                        chunk = await anext(stream, None)
+                if chunk is None:
+                    break
+                deltas, done = self._consume(chunk, calls)
+                finished = finished or done
+                for delta in deltas:
+                    first = False
+                    yield delta
+            if not finished:
+                raise ProviderError(self.name, "stream ended before finish_reason", retryable=True)
+        finally:
+            await stream.close()
+
+    async def _create(
+        self, messages: Sequence[ChatMessage]
+    ) -> openai.AsyncStream[ChatCompletionChunk]:
+        payload = cast(list[ChatCompletionMessageParam], [m.to_openai() for m in messages])
+        if self.tools:
+            return await self._client.chat.completions.create(
+                model=self.model,
+                messages=payload,
+                stream=True,
+                stream_options={"include_usage": True},
+                temperature=self.temperature,
+                max_completion_tokens=self.max_tokens,
+                tools=cast(list[ChatCompletionToolUnionParam], self.tools),
+                tool_choice="auto",
+            )
+        return await self._client.chat.completions.create(
+            model=self.model,
+            messages=payload,
+            stream=True,
+            stream_options={"include_usage": True},
+            temperature=self.temperature,
+            max_completion_tokens=self.max_tokens,
+        )
+
+    def _consume(
+        self, chunk: ChatCompletionChunk, calls: dict[int, _PartialCall]
+    ) -> tuple[list[LlmDelta], bool]:
+        """The deltas one chunk produces, and whether the choice finished."""
+        deltas: list[LlmDelta] = []
+        finished = False
+        try:
+            for choice in chunk.choices:
+                if choice.index != 0:
+                    continue  # we ask for one choice
+                delta = choice.delta
+                if delta.content:
+                    deltas.append(LlmDelta(text=delta.content))
+                for fragment in delta.tool_calls or ():
+                    call = calls.setdefault(fragment.index, _PartialCall())
+                    if fragment.id:
+                        call.id = fragment.id
+                    if fragment.function is not None:
+                        if fragment.function.name and not call.name:
+                            call.name = fragment.function.name
+                        call.arguments += fragment.function.arguments or ""
+                if choice.finish_reason is not None:
+                    finished = True
+                    if calls:
+                        deltas.append(LlmDelta(tool_calls=self._complete(calls)))
+                        calls.clear()
+            usage = chunk.usage
+            if usage is not None:
+                deltas.append(
+                    LlmDelta(
+                        prompt_tokens=usage.prompt_tokens,
+                        completion_tokens=usage.completion_tokens,
+                    )
+                )
+        except (AttributeError, TypeError) as exc:
+            # The SDK builds chunks without validation, so a wrong shape surfaces here.
+            raise ProviderProtocolError(self.name, f"malformed chunk: {exc}") from exc
+        return deltas, finished
+
+    def _complete(self, calls: dict[int, _PartialCall]) -> tuple[ToolCall, ...]:
+        done: list[ToolCall] = []
+        for index in sorted(calls):
+            call = calls[index]
+            if not call.id or not call.name:
+                raise ProviderProtocolError(self.name, f"tool call {index} has no id or name")
+            done.append(ToolCall(id=call.id, name=call.name, arguments=call.arguments or "{}"))
+        return tuple(done)
+
+    @contextmanager
+    def _map_errors(self, stage: str, seconds: float) -> Iterator[None]:
+        try:
+            yield
+        except openai.APIStatusError as exc:
+            raise status_error(self.name, stage, exc.status_code, exc.message) from exc
+        except openai.APITimeoutError as exc:
+            raise ProviderTimeout(self.name, stage, self.stall_timeout) from exc
+        except openai.APIConnectionError as exc:
+            raise ProviderError(self.name, f"{stage}: {exc}", retryable=True) from exc
+        except openai.APIError as exc:
+            # an `{"error": …}` event inside the stream: the provider failed mid-answer
+            raise ProviderError(self.name, f"{stage}: {exc.message}", retryable=True) from exc
+        except TimeoutError as exc:
+            raise ProviderTimeout(self.name, stage, seconds) from exc
+        except ValueError as exc:
+            # the SSE `data:` was not JSON
+            raise ProviderProtocolError(self.name, f"{stage}: undecodable event: {exc}") from exc
