@@ -11,8 +11,14 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-# What `ava call` says without --say: two questions the sample assistant answers.
-DEFAULT_SCRIPT = ("What are your opening hours?", "Where are you located?")
+# What `ava call` says without --say: two questions the sample assistant answers, then a third
+# that cuts into the second answer (barge-in).
+DEFAULT_SCRIPT = (
+    "What are your opening hours?",
+    "Can I book an appointment please?",
+    "Sorry, where exactly are you located?",
+)
+DEFAULT_BARGE_IN = 1.0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -52,15 +58,14 @@ def _call(args: argparse.Namespace) -> int:
     from media.wav import read_wav_ulaw
 
     utterances: list[bytes]
+    barge_in = args.barge_in
     if args.say:
         utterances = [read_wav_ulaw(Path(p)) for p in args.say]
     else:
         utterances = synthesize_ulaw(list(DEFAULT_SCRIPT))
-    script = CallScript(
-        utterances=utterances,
-        barge_in_after=args.barge_in,
-        hang_up_after_reply=True,
-    )
+        if barge_in is None and not args.no_barge_in:
+            barge_in = DEFAULT_BARGE_IN
+    script = CallScript(utterances=utterances, barge_in_after=barge_in)
     report = asyncio.run(
         place_call(
             args.url,
@@ -93,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         "--barge-in",
         type=float,
         default=None,
-        help="start the last utterance this many seconds into the reply before it",
+        help="start the last utterance this many seconds into the reply before it "
+        f"(default without --say: {DEFAULT_BARGE_IN})",
     )
+    call.add_argument("--no-barge-in", action="store_true", help="let every reply finish")
     call.add_argument("--auth-token", default=None, help="Twilio auth token to sign with")
     call.add_argument("--from-number", default="+15551230000")
     call.add_argument("--to-number", default="+15557654321")

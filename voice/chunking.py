@@ -32,21 +32,19 @@ class PhraseChunker:
     def push(self, delta: str) -> list[str]:
         self._buffer += delta
         phrases: list[str] = []
-        while True:
-            flush_at = self._buffer.find(_FLUSH)
-            if flush_at >= 0:
-                head = self._buffer[:flush_at]
-                self._buffer = self._buffer[flush_at + len(_FLUSH) :]
-                phrases += self._split(head, final=True)
-                continue
-            phrases += self._split(self._buffer, final=False)
-            return phrases
+        while (flush_at := self._buffer.find(_FLUSH)) >= 0:
+            head = self._buffer[:flush_at]
+            self._buffer = self._buffer[flush_at + len(_FLUSH) :]
+            phrases += self._split(head, final=True)[0]
+        done, self._buffer = self._split(self._buffer, final=False)
+        return phrases + done
 
     def flush(self) -> str | None:
-        rest = self._split(self._buffer, final=True)
+        rest, self._buffer = self._split(self._buffer, final=True)
         return " ".join(rest) if rest else None
 
-    def _split(self, text: str, *, final: bool) -> list[str]:
+    def _split(self, text: str, *, final: bool) -> tuple[list[str], str]:
+        """Complete phrases in `text`, and the unfinished rest ("" when final)."""
         phrases: list[str] = []
         start = 0
         for i in range(len(text)):
@@ -66,8 +64,7 @@ class PhraseChunker:
                 phrases.append(tail)
                 self._emitted += 1
             rest = ""
-        self._buffer = rest
-        return phrases
+        return phrases, rest
 
     def _is_boundary(self, text: str, start: int, i: int) -> bool:
         char = text[i]

@@ -63,7 +63,6 @@ class CallScript:
     barge_in_after: float | None = None
     # Hang up this long after the last reply began (None: when it has finished).
     hang_up_after: float | None = None
-    hang_up_after_reply: bool = True
     max_seconds: float = 60.0
     reply_timeout: float = 15.0  # no reply within this: give up on the turn
 
