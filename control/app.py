@@ -24,11 +24,14 @@ log = logging.getLogger("ava")
 def create_app(settings: Settings, *, engines: EngineSource | None = None) -> FastAPI:
     """`engines` may be passed in (tests share one set across apps); otherwise loaded here."""
     assistant = load_assistant(settings.assistant_file)
+    # Outside the lifespan so the server's signal handler can drain calls before uvicorn
+    # closes their websockets (control/server.py).
+    calls = CallManager(settings.max_calls)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub: EngineSource = engines if engines is not None else await EngineHub.load_async(settings)
-        state = AppState(settings, hub, CallManager(settings.max_calls), assistant)
+        state = AppState(settings, hub, calls, assistant)
         state.assistants["default"] = assistant
         app.state.ava = state
         if settings.dev_mode:
@@ -48,6 +51,7 @@ def create_app(settings: Settings, *, engines: EngineSource | None = None) -> Fa
                 hub.close()
 
     app = FastAPI(title="AVA", version="0.1.0", lifespan=lifespan)
+    app.state.calls = calls
     app.include_router(twilio_router)
 
     @app.get("/livez")

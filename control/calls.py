@@ -144,12 +144,20 @@ class CallManager:
                 self._idle.set()
 
     async def drain(self, grace_seconds: float) -> None:
-        """Stop taking calls, ask live ones to end, wait up to `grace_seconds` for them."""
+        """Refuse new calls; give live ones `grace_seconds` to end, then hang them up."""
         self.draining = True
+        if await self._wait_idle(grace_seconds):
+            return
+        log.warning("hanging up %d calls still live after the drain wait", len(self.live))
         for session in list(self.live.values()):
             session.hang_up(EndedReason.SERVER_SHUTDOWN, "server shutting down")
+        if not await self._wait_idle(5.0):
+            log.error("%d calls did not end after hang-up", len(self.live))
+
+    async def _wait_idle(self, seconds: float) -> bool:
         try:
-            async with asyncio.timeout(grace_seconds):
+            async with asyncio.timeout(seconds):
                 await self._idle.wait()
         except TimeoutError:
-            log.warning("%d calls still live after drain", len(self.live))
+            return False
+        return True

@@ -25,6 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from control.app import create_app
+    from control.server import DrainingServer
     from control.settings import Settings
 
     overrides: dict[str, object] = {}
@@ -40,15 +41,16 @@ def _serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     app = create_app(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
         # Twilio frames are ~400 bytes; anything near this is hostile or broken.
         ws_max_size=256 * 1024,
-        timeout_graceful_shutdown=int(settings.drain_seconds) + 5,
+        timeout_graceful_shutdown=10,
     )
+    DrainingServer(config, app.state.calls, settings.drain_seconds).run()
     return 0
 
 

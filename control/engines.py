@@ -68,7 +68,12 @@ class EngineHub:
         if settings.vad == "webrtc":
             vad = WebRtcVad()
         else:
-            vad = SileroVad(silero_vad_path())
+            try:
+                vad = SileroVad(silero_vad_path())
+            except ConfigError as exc:
+                # A call with a cruder VAD beats no calls at all; say so loudly.
+                log.error("Silero VAD unusable (%s); falling back to webrtcvad", exc)
+                vad = WebRtcVad()
         turn_detector = SmartTurn(smart_turn_path()) if settings.turn_model else None
         model_path, config_path = piper_voice_files()
         piper = PiperEngine(model_path, config_path, executor)

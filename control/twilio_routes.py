@@ -52,6 +52,9 @@ def _external_url(state: AppState, headers: Headers, scheme: str, path: str, ws:
 @router.post("/twilio/voice")
 async def voice_webhook(request: Request) -> Response:
     state: AppState = request.app.state.ava
+    if state.calls.draining:
+        # 503 makes Twilio try the number's fallback URL (another node) instead.
+        return Response("server draining", status_code=503)
     body = await request.body()
     if len(body) > _MAX_WEBHOOK_BYTES:
         return Response("webhook body too large", status_code=413)

@@ -13,6 +13,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from control.server import DrainingServer
 from control.settings import Settings
 from voice.assistant import Assistant
 from voice.greeting import GreetingCache
@@ -22,12 +23,13 @@ from voice.vad import EnergyVad
 
 
 @asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[str]:
-    """Run `app` under uvicorn on 127.0.0.1 (a free port); yields the base URL."""
+async def serve(app: FastAPI, drain_seconds: float = 5.0) -> AsyncIterator[str]:
+    """Run `app` under AVA's server on 127.0.0.1 (a free port); yields the base URL."""
     config = uvicorn.Config(
         app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", ws_max_size=256 * 1024
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, app.state.calls, drain_seconds)
+    app.state.server = server
     task = asyncio.create_task(server.serve())
     try:
         async with asyncio.timeout(30):

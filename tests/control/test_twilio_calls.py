@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import signal
 from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -22,7 +24,9 @@ from media.twilio.caller import CallScript, parse_twiml, place_call
 from media.twilio.phone import PhoneLine
 from media.twilio.signature import compute_signature
 from tests.conftest import AssistantFactory, ScriptedEngines, serve, settings_for
+from voice.errors import ProviderError
 from voice.testing import tone_ulaw
+from voice.types import LlmDelta
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -329,3 +333,83 @@ async def test_twiml_uses_public_url(tmp_path: Path, assistant_file: AssistantFa
         assert stream.url == "wss://voice.example.com/twilio/media"
         assert set(stream.parameters) == {"ava_token"}
         assert "?" not in stream.url
+
+
+async def test_sigterm_drains_then_hangs_up_with_server_shutdown(
+    tmp_path: Path, assistant_file: AssistantFactory
+) -> None:
+    engines = ScriptedEngines(["Tell me everything."], [LONG_REPLY], seconds_per_char=0.05)
+    app = create_app(settings_for(assistant_file(), tmp_path), engines=engines)
+    async with serve(app, drain_seconds=0.5) as base:
+        call = asyncio.create_task(place_call(base, CallScript([SPEECH]), fetch_record=False))
+        await asyncio.sleep(2.0)  # the greeting, then the caller's question and the reply
+        assert app.state.calls.live
+        app.state.server.handle_exit(signal.SIGTERM, None)
+        async with httpx.AsyncClient() as http:
+            ready = await http.get(f"{base}/readyz")
+            refused = await http.post(f"{base}/twilio/voice", data={"CallSid": "CA9"})
+        assert ready.status_code == 503 and refused.status_code == 503
+        report = await asyncio.wait_for(call, 10)
+        assert report.error is None
+    record = next(iter(app.state.calls.records.values()))
+    assert record.ended_reason == "call.in-progress.error-server-shutdown"
+    assert call_tasks() == []
+
+
+async def test_max_duration_ends_the_call(tmp_path: Path, assistant_file: AssistantFactory) -> None:
+    engines = ScriptedEngines([], [], seconds_per_char=0.01)
+    app = create_app(settings_for(assistant_file(), tmp_path), engines=engines)
+    async with serve(app) as base:
+        state = app.state.ava
+        # Vapi's lower bound is 10 s; a copy skips validation to keep the test short.
+        state.assistants["default"] = state.default_assistant.model_copy(
+            update={"max_duration_seconds": 1.5}
+        )
+        report = await place_call(base, CallScript([], max_seconds=10))
+        assert report.record is not None
+        assert report.record["ended_reason"] == "exceeded-max-duration"
+
+
+class BrokenLlm:
+    name = "broken-llm"
+
+    async def stream(self, messages: object) -> AsyncIterator[LlmDelta]:
+        raise ProviderError(self.name, "HTTP 500 from upstream", retryable=True)
+        yield LlmDelta()  # an async generator that fails on first use
+
+
+async def test_fatal_provider_error_closes_1011_with_a_record(
+    tmp_path: Path, assistant_file: AssistantFactory
+) -> None:
+    engines = ScriptedEngines(["Hello?"], [], seconds_per_char=0.01)
+    engines.llm = BrokenLlm()  # type: ignore[assignment]
+    app = create_app(settings_for(assistant_file(), tmp_path), engines=engines)
+    async with serve(app) as base:
+        url, line = await open_stream(base)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        async with websockets.connect(url) as ws:
+            await ws.send(line.connected())
+            await ws.send(line.start(0.0))
+            frames = [SPEECH[i : i + 160] for i in range(0, len(SPEECH), 160)]
+
+            async def listen() -> None:
+                async for text in ws:
+                    assert isinstance(text, str)
+                    line.receive_text(text, loop.time() - t0)
+
+            listener = asyncio.create_task(listen())
+            with pytest.raises(websockets.ConnectionClosed):
+                for n in range(500):
+                    now = loop.time() - t0
+                    frame = frames[n - 80] if 80 <= n < 80 + len(frames) else b"\xff" * 160
+                    await ws.send(line.media(frame, now))
+                    for message in line.due_messages(now):
+                        await ws.send(message)
+                    await asyncio.sleep(max(0.0, (n + 1) * 0.02 - (loop.time() - t0)))
+            listener.cancel()
+            assert ws.close_code == 1011
+        record = await dev_record(base, line.call_sid)
+        assert record["ended_reason"] == "pipeline-error-model-failed"
+        assert record["errors"][0]["stage"] == "llm"
+        assert "HTTP 500" in record["errors"][0]["error"]

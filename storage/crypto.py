@@ -1,0 +1,74 @@
+"""Provider secrets (Twilio auth tokens, API secrets) encrypted at rest.
+
+Fernet is AES-128-CBC + HMAC-SHA256 with a timestamp: authenticated, so a tampered or
+wrong-key value fails loudly instead of decrypting to garbage. Old keys can be kept for
+decryption while new values are written with the first key (rotation without a rewrite).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from storage.errors import DecryptionFailed
+
+__all__ = ["SecretBox", "derive_key", "derive_subkey"]
+
+
+def derive_subkey(secret_key: str, purpose: str, length: int = 32) -> bytes:
+    """`length` bytes for one `purpose`, derived from the server's secret with HKDF-SHA256.
+
+    Separate purposes get unrelated keys, so the key that encrypts Twilio tokens is not the one
+    that hashes API keys or signs stream tokens, even though operators configure one secret.
+    """
+    if not secret_key:
+        raise ValueError("secret key is empty")
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=f"ava:{purpose}".encode())
+    return hkdf.derive(secret_key.encode())
+
+
+def derive_key(secret_key: str) -> str:
+    """A Fernet key (urlsafe base64 of 32 bytes) from an arbitrary secret string."""
+    return base64.urlsafe_b64encode(derive_subkey(secret_key, "secretbox-v1")).decode()
+
+
+class SecretBox:
+    """Encrypts with `key`; decrypts with `key` or any of `old_keys` (all Fernet keys)."""
+
+    def __init__(self, key: str, *old_keys: str) -> None:
+        try:
+            fernets = [Fernet(k.encode()) for k in (key, *old_keys)]
+        except ValueError as exc:  # don't echo the key back in the message
+            raise ValueError(
+                "not a Fernet key (32 url-safe base64 bytes); use derive_key() for passphrases"
+            ) from exc
+        self._fernet = MultiFernet(fernets)
+
+    @classmethod
+    def from_secret(cls, secret_key: str) -> SecretBox:
+        return cls(derive_key(secret_key))
+
+    def encrypt(self, plaintext: str) -> str:
+        return self._fernet.encrypt(plaintext.encode()).decode("ascii")
+
+    def decrypt(self, token: str) -> str:
+        try:
+            return self._fernet.decrypt(token.encode("ascii")).decode()
+        except (InvalidToken, UnicodeError) as exc:
+            raise DecryptionFailed(
+                "stored secret cannot be decrypted with the current key"
+            ) from exc
+
+    def encrypt_json(self, value: dict[str, Any]) -> str:
+        return self.encrypt(json.dumps(value, separators=(",", ":"), sort_keys=True))
+
+    def decrypt_json(self, token: str) -> dict[str, Any]:
+        value = json.loads(self.decrypt(token))
+        if not isinstance(value, dict):
+            raise DecryptionFailed("stored secret is not a JSON object")
+        return value
