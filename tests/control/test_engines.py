@@ -1,4 +1,4 @@
-"""The engine hub: loaded once, Silero with a webrtcvad fallback, cloud providers refused clearly."""
+"""The engine hub: Silero with a webrtcvad fallback, cloud providers refused clearly."""
 
 from __future__ import annotations
 

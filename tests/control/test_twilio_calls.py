@@ -11,8 +11,8 @@ import asyncio
 import base64
 import json
 import signal
-from pathlib import Path
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
