@@ -25,7 +25,15 @@ from media.g711 import ulaw_silence, ulaw_to_float
 from media.twilio.phone import PhoneLine
 from media.twilio.signature import compute_signature
 
-__all__ = ["CallReport", "CallScript", "TwimlStream", "place_call", "parse_twiml", "voiced"]
+__all__ = [
+    "CallReport",
+    "CallScript",
+    "CallTrace",
+    "TwimlStream",
+    "place_call",
+    "parse_twiml",
+    "voiced",
+]
 
 FRAME = 160
 FRAME_SECONDS = 0.02
@@ -81,6 +89,19 @@ class TurnMeasure:
 
 
 @dataclass(slots=True)
+class CallTrace:
+    """What the caller sent and heard, in seconds since the call's start (benchmark input)."""
+
+    start_sent: float = 0.0
+    voiced_sent: list[float] = field(default_factory=list)  # caller frames carrying speech
+    received: list[tuple[float, bool]] = field(default_factory=list)  # (arrival, voiced)
+    clears: list[float] = field(default_factory=list)
+    # (start, μ-law) of what actually played at the phone, clears applied; set at hang-up
+    played: list[tuple[float, bytes]] = field(default_factory=list)
+    ended: float = 0.0
+
+
+@dataclass(slots=True)
 class CallReport:
     call_sid: str
     greeting_latency: float | None = None  # `start` sent → first voiced audio received
@@ -91,6 +112,7 @@ class CallReport:
     audio_received_seconds: float = 0.0
     record: dict[str, Any] | None = None
     error: str | None = None
+    trace: CallTrace = field(default_factory=CallTrace)
 
     @property
     def barge_in_reaction(self) -> float | None:
@@ -167,12 +189,15 @@ class _Call:
         before = self.line.clears_received
         audio = self.line.receive_text(text, now)
         if self.line.clears_received > before:
+            self.report.trace.clears.append(now)
             self.report.clears += 1
             if self.report.clear_at is None and self.report.barge_in_onset is not None:
                 self.report.clear_at = now
         if audio:
             self.report.audio_received_seconds += len(audio) / 8000
-            if voiced(audio):
+            is_voiced = voiced(audio)
+            self.report.trace.received.append((now, is_voiced))
+            if is_voiced:
                 self.last_voiced_rx = now
                 self._voiced_rx.append(now)
                 if self.first_voiced_rx is None:
@@ -270,13 +295,17 @@ async def _converse(
         receiver = tg.create_task(receive())
         await ws.send(line.connected())
         await ws.send(line.start(call.now()))
-        start_sent = call.now()
+        start_sent = report.trace.start_sent = call.now()
         try:
             await _speak_script(ws, call)
         except websockets.ConnectionClosed:
             pass  # the server ended the call: a valid ending for a script
         finally:
             receiver.cancel()
+            report.trace.ended = call.now()
+            report.trace.played = [
+                (segment.start, segment.audio) for segment in line.played_segments(call.now())
+            ]
         if call.first_voiced_rx is not None:
             report.greeting_latency = call.first_voiced_rx - start_sent
 
@@ -320,6 +349,7 @@ async def _speak_script(ws: websockets.ClientConnection, call: _Call) -> None:
             if voiced(frame):
                 assert turn is not None
                 turn.speech_end = now + FRAME_SECONDS
+                report.trace.voiced_sent.append(now)
                 if report.barge_in_onset is None and is_barge_in(script, utterance_index):
                     report.barge_in_onset = now
             if position >= len(script.utterances[utterance_index]):

@@ -15,7 +15,7 @@ import pytest
 
 from control.app import create_app
 from control.engines import EngineHub
-from control.speech import synthesize_ulaw
+from voice.engines.synthesize import synthesize_ulaw
 from media.twilio.caller import CallScript, place_call
 from tests.conftest import AssistantFactory, serve, settings_for
 
