@@ -79,6 +79,8 @@ class VadStream(Protocol):
 
 
 class VadModel(Protocol):
+    window_seconds: float  # audio per decision: a voiced window's speech began up to this early
+
     def stream(self) -> VadStream: ...
 
 

@@ -46,6 +46,9 @@ class TurnConfig:
     vad_threshold: float = 0.5
     # Higher while the assistant talks: the line echoes some of its voice back.
     vad_threshold_while_speaking: float = 0.7
+    # Audio per VAD decision: a voiced window's speech began up to this long before `now`,
+    # so onsets (and the barge-in's voice_seconds) are dated from the window's start.
+    vad_window_seconds: float = 0.0
     min_speech_seconds: float = 0.1
     vad_silence_seconds: float = 0.2
     turn_threshold: float = 0.5
@@ -181,7 +184,7 @@ class TurnTaker:
         if probability >= threshold:
             self._unvoiced_since = None
             if self._voiced_since is None:
-                self._voiced_since = now
+                self._voiced_since = now - self.config.vad_window_seconds
             return self._on_voiced(now)
         if self._unvoiced_since is None:
             self._unvoiced_since = now

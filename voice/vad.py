@@ -30,6 +30,7 @@ class EnergyVad:
     def __init__(self, threshold_dbfs: float = -35.0, window: int = 256) -> None:
         self.threshold_dbfs = threshold_dbfs
         self.window = window
+        self.window_seconds = window / 8000
 
     def stream(self) -> EnergyVadStream:
         return EnergyVadStream(self.threshold_dbfs, self.window)

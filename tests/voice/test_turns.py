@@ -255,3 +255,11 @@ def test_speech_under_an_uninterruptible_greeting_is_answered_after_it() -> None
         CommitTurn,
     )
     assert commit.text == "Is it open?" and commit.speech_end == 1.5
+
+
+def test_onsets_are_dated_from_the_start_of_the_vad_window() -> None:
+    turns = responding(vad_window_seconds=0.032)
+    assert feed(turns, 3.032, 3.1, 0.95) == [PauseOutput(3.0)]
+    assert turns.next_deadline() == pytest.approx(3.2)
+    # the window completing at 3.228 s interrupts; undated it would take until 3.26 s
+    assert feed(turns, 3.1, 3.23, 0.95) == [Interrupt(3.0)]

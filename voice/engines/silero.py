@@ -36,6 +36,7 @@ class SileroVad:
     """`VadModel`: loads the ONNX model once; `stream()` per call."""
 
     name = "silero"
+    window_seconds = _WINDOW / _SAMPLE_RATE
 
     def __init__(self, path: Path) -> None:
         self._session = load_onnx_session(path, what="Silero VAD")

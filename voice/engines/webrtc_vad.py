@@ -16,6 +16,7 @@ class WebRtcVad:
     """`VadModel`. `aggressiveness` 0–3: higher rejects more non-speech (and more weak speech)."""
 
     name = "webrtc"
+    window_seconds = 0.02
 
     def __init__(self, aggressiveness: int = 2) -> None:
         if aggressiveness not in (0, 1, 2, 3):
