@@ -1,4 +1,8 @@
-"""LLM text → TTS phrases, so speech starts on the first clause instead of the whole answer."""
+"""LLM text → TTS phrases, so speech starts on the first clause instead of the whole answer.
+
+Every cut depends only on the text, never on how the deltas were split: a position whose decision
+needs text that has not arrived yet is left pending and looked at again on the next push.
+"""
 
 from __future__ import annotations
 
@@ -6,78 +10,145 @@ import re
 
 __all__ = ["PhraseChunker", "clean_for_speech"]
 
-_FLUSH = "<flush />"
+_FLUSH = re.compile(r"<flush\s*/>")  # Vapi's control token: cut here whatever the length
 _SENTENCE_END = ".!?"
-_CLAUSE_END = ",;:—"
-# Words ending in "." that don't end a sentence.
+_CLAUSE_END = ",;:—–…"
+_CLOSERS = "\"')]”’*_`"  # may follow the punctuation: 'said "no." Then', "**Note:** …"
+_OPENERS = "\"'([“‘*_`"
+# Words ending in "." that rarely end a sentence, where a cut would make TTS pause mid-name.
 _ABBREVIATIONS = {
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "u.s",
-    "a.m", "p.m", "no", "approx", "dept", "inc", "ltd", "co",
+    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "ave", "vs", "approx", "dept",
+    "inc", "ltd", "co", "corp", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept",
+    "oct", "nov", "dec",
 }  # fmt: skip
-_MARKDOWN = re.compile(r"(\*\*|__|`+|^#+\s*|^\s*[-*•]\s+)", re.MULTILINE)
+# Abbreviations only before a number: "No. 5" is one, "The answer is no. Sorry" is not.
+_NUMBER_ABBREVIATIONS = {"no", "nos", "vol", "fig", "pp"}
+_WAIT = -1  # the decision needs more text
+_WORD = re.compile(r"\w")
+_MARKDOWN = (
+    (re.compile(r"^[ \t]*#{1,6}[ \t]+", re.MULTILINE), ""),  # headings
+    (re.compile(r"^[ \t]*[-*+•][ \t]+", re.MULTILINE), ""),  # bullets
+    (re.compile(r"\[([^\]\n]*)\]\([^)\s]*\)"), r"\1"),  # links: say the label, not the URL
+    (re.compile(r"\*+|`+|(?<!\w)_+|_+(?!\w)"), ""),  # emphasis and code; keeps snake_case
+)
 
 
 def clean_for_speech(text: str) -> str:
-    """Drop markdown a voice would read aloud (bold, headings, bullets, code ticks)."""
-    return _MARKDOWN.sub("", text)
+    """Drop markdown a voice would read aloud (bold, headings, bullets, code ticks, link URLs)."""
+    for pattern, replacement in _MARKDOWN:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _speakable(text: str) -> str:
+    return " ".join(clean_for_speech(text).split())
 
 
 class PhraseChunker:
+    """Cuts one streamed reply into phrases. Use a new chunker for each reply."""
+
     def __init__(self, first_min_chars: int = 12, min_chars: int = 60) -> None:
         self.first_min_chars = first_min_chars
         self.min_chars = min_chars
-        self._buffer = ""
+        self._buffer = ""  # text not yet emitted; always starts where a phrase starts
+        self._scan = 0  # positions of the buffer before this are decided: no cut there
+        self._line_start = True  # the buffer starts at the beginning of a line
         self._emitted = 0
 
     def push(self, delta: str) -> list[str]:
+        """Add a text delta; return the phrases it completed."""
         self._buffer += delta
         phrases: list[str] = []
-        while (flush_at := self._buffer.find(_FLUSH)) >= 0:
-            head = self._buffer[:flush_at]
-            self._buffer = self._buffer[flush_at + len(_FLUSH) :]
-            phrases += self._split(head, final=True)[0]
-        done, self._buffer = self._split(self._buffer, final=False)
-        return phrases + done
+        while (token := _FLUSH.search(self._buffer)) is not None:
+            rest = self._buffer[token.end() :]
+            self._buffer = self._buffer[: token.start()]
+            phrases += self._take(final=True)
+            self._buffer, self._line_start = rest, False
+        return phrases + self._take(final=False)
 
     def flush(self) -> str | None:
-        rest, self._buffer = self._split(self._buffer, final=True)
+        """The rest of the reply as one phrase, or None when nothing speakable is left."""
+        rest = self._take(final=True)
         return " ".join(rest) if rest else None
 
-    def _split(self, text: str, *, final: bool) -> tuple[list[str], str]:
-        """Complete phrases in `text`, and the unfinished rest ("" when final)."""
+    def _take(self, *, final: bool) -> list[str]:
+        """Cut the complete phrases off the buffer (all of it when final)."""
+        text = self._buffer
         phrases: list[str] = []
-        start = 0
-        for i in range(len(text)):
-            # A boundary needs the whitespace after it, so "3.5" and "e.g." are not split.
-            followed = i + 1 < len(text) and text[i + 1].isspace()
-            if not followed or not self._is_boundary(text, start, i):
+        start, i = 0, self._scan
+        while i < len(text):
+            end = self._cut_at(text, start, i)
+            if end == _WAIT:
+                break
+            if end is None:
+                i += 1
                 continue
-            phrase = clean_for_speech(text[start : i + 1]).strip()
-            if phrase:
-                phrases.append(phrase)
-                self._emitted += 1
-            start = i + 1
-        rest = text[start:]
+            phrases.append(_speakable(text[start:end]))
+            self._emitted += 1
+            self._line_start = False  # the rest starts with the whitespace after the cut
+            start = i = end
+        self._buffer, self._scan = text[start:], i - start
         if final:
-            tail = clean_for_speech(rest).strip()
-            if tail:
+            tail = _speakable(self._buffer)
+            if _WORD.search(tail):
                 phrases.append(tail)
                 self._emitted += 1
-            rest = ""
-        return phrases, rest
+            self._buffer, self._scan = "", 0
+        return phrases
 
-    def _is_boundary(self, text: str, start: int, i: int) -> bool:
+    def _cut_at(self, text: str, start: int, i: int) -> int | None:
+        """Where the phrase text[start:] ends if position i is a boundary: None when it is
+        not, _WAIT when the text after i has not arrived yet."""
         char = text[i]
-        length = len(text[start : i + 1].strip())
-        if char in _SENTENCE_END:
+        if char == "\n":  # a list item or heading ends here even without punctuation
+            end, sentence = i, True
+        elif char in _SENTENCE_END or char in _CLAUSE_END:
+            end = i + 1
+            while end < len(text) and text[end] in _CLOSERS:
+                end += 1
+            if end == len(text):
+                return _WAIT
+            # Whitespace must follow, so "3.5", "U.S.A", URLs and emails are not cut.
+            if not text[end].isspace():
+                return None
+            sentence = char in _SENTENCE_END
             if char == ".":
-                word = text[start:i].split()[-1:] or [""]
-                if word[0].lower().rstrip(".") in _ABBREVIATIONS:
-                    return False
-                if len(word[0]) == 1 and word[0].isupper():  # an initial: "J. Smith"
-                    return False
-            return length >= (self.first_min_chars if self._emitted == 0 else 1)
-        if char in _CLAUSE_END:
-            needed = self.first_min_chars if self._emitted == 0 else self.min_chars
-            return length >= needed
+                abbreviation = self._is_abbreviation(text, start, i, end)
+                if abbreviation is None:
+                    return _WAIT
+                if abbreviation:
+                    return None
+        else:
+            return None
+        phrase = _speakable(text[start:end])
+        if not _WORD.search(phrase):
+            return None  # punctuation alone: keep it with the next words
+        if self._emitted == 0:
+            needed = self.first_min_chars
+        else:
+            needed = 1 if sentence else self.min_chars
+        return end if len(phrase) >= needed else None
+
+    def _is_abbreviation(self, text: str, start: int, dot: int, after: int) -> bool | None:
+        """Whether the "." at `dot` ends an abbreviation rather than a sentence (None: the
+        next word is needed to tell)."""
+        head = text[start:dot]
+        # the word the dot is attached to ("" for "word .")
+        raw = "" if head[-1:].isspace() else (head.split() or [""])[-1]
+        before = head[: len(head) - len(raw)]
+        word = raw.lstrip(_OPENERS)
+        lower = word.lower()
+        if lower in _ABBREVIATIONS:
+            return True
+        if len(word) == 1 and word.isupper() and word != "I":  # an initial: "J. Smith"
+            return True
+        parts = lower.split(".")
+        if len(parts) > 1 and all(p.isalpha() and len(p) <= 2 for p in parts):  # e.g, u.s, ph.d
+            return True
+        if lower in _NUMBER_ABBREVIATIONS:
+            following = text[after:].lstrip()
+            return following[0].isdigit() if following else None
+        if word.isdigit() and len(word) <= 2:  # "1. Call us" at a line start is a list item
+            _, newline, line = before.rpartition("\n")
+            return not line.strip() and bool(newline or self._line_start)
         return False

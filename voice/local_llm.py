@@ -7,15 +7,18 @@ the assistant's own `model.rules`; any OpenAI-compatible server is the self-host
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Sequence
 
 from voice.assistant import KeywordRule, ModelConfig
-from voice.phrases import normalize
+from voice.phrases import find_phrase
 from voice.types import ChatMessage, LlmDelta
 
-__all__ = ["LocalResponder"]
+__all__ = ["GREETING", "LocalResponder"]
 
-_GREETING = "Hello! How can I help you today?"
+# The answer to a turn without caller words, e.g. a model-generated first message.
+GREETING = "Hello! How can I help you today?"
+_WORD = re.compile(r"\s*\S+\s*")
 
 
 class LocalResponder:
@@ -26,25 +29,22 @@ class LocalResponder:
         self.token_delay = token_delay
 
     def rule_for(self, text: str) -> KeywordRule | None:
-        padded = f" {normalize(text)} "
-        for rule in self.config.rules:
-            if any(f" {normalize(k)} " in padded for k in rule.keywords if normalize(k)):
-                return rule
-        return None
+        """The first rule with a keyword among the caller's words (whole words, any case)."""
+        return next((r for r in self.config.rules if find_phrase(text, r.keywords)), None)
 
     def reply_to(self, messages: Sequence[ChatMessage]) -> str:
         last_user = next((m.content for m in reversed(messages) if m.role == "user"), "")
         if not last_user.strip():
-            return _GREETING
+            return GREETING
         rule = self.rule_for(last_user)
         return rule.reply if rule is not None else self.config.fallback_reply
 
     async def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[LlmDelta]:
-        reply = self.reply_to(messages)
-        words = reply.split(" ")
-        for i, word in enumerate(words):
+        # One delta per word, like a real model's tokens, so chunking and barge-in see a stream.
+        pieces = _WORD.findall(self.reply_to(messages))
+        for piece in pieces:
             if self.token_delay > 0:
                 await asyncio.sleep(self.token_delay)
-            yield LlmDelta(text=word if i == len(words) - 1 else word + " ")
+            yield LlmDelta(text=piece)
         prompt_words = sum(len(m.content.split()) for m in messages)
-        yield LlmDelta(prompt_tokens=prompt_words, completion_tokens=len(words))
+        yield LlmDelta(prompt_tokens=prompt_words, completion_tokens=len(pieces))
