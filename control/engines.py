@@ -1,4 +1,10 @@
-"""The process's speech engines: loaded once at startup, shared by every call."""
+"""The process's speech engines: loaded once at startup, shared by every call.
+
+Offline engines (faster-whisper, the local responder, Piper) are shared; cloud adapters
+(`control.providers`) are built per call from the assistant's provider choice, fallbacks
+included, and closed by the session when the call ends. One `BreakerBoard` per hub (per process)
+lets every call skip a provider that keeps failing.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+from control.providers import (
+    CloudAdapters,
+    fallback_models,
+    fallback_transcribers,
+    fallback_voices,
+)
 from control.settings import Settings
-from voice.assistant import Assistant
+from voice.assistant import Assistant, ModelConfig, TranscriberConfig, VoiceConfig
+from voice.breaker import BreakerBoard
 from voice.engines import (
     PiperEngine,
     SileroVad,
@@ -21,11 +34,12 @@ from voice.engines import (
     smart_turn_path,
     whisper_model_dir,
 )
-from voice.errors import ConfigError
+from voice.errors import ConfigError, ProviderError
 from voice.greeting import GreetingCache
 from voice.local_llm import LocalResponder
-from voice.ports import VadModel
-from voice.session import Engines
+from voice.ports import LanguageModel, SpeechToText, TextToSpeech, VadModel
+from voice.providers import StageTimeouts
+from voice.session import APOLOGY, Engines
 
 __all__ = ["EngineHub", "EngineSource"]
 
@@ -51,7 +65,12 @@ class EngineHub:
         turn_detector: SmartTurn | None,
         piper: PiperEngine,
         whisper: WhisperEngine,
+        settings: Settings | None = None,
+        timeouts: StageTimeouts | None = None,
     ) -> None:
+        self.settings = settings
+        self.timeouts = timeouts or StageTimeouts()
+        self.breakers = BreakerBoard()
         self.executor = executor
         self.vad = vad
         self.turn_detector = turn_detector
@@ -84,34 +103,71 @@ class EngineHub:
         )
         log.info("engines loaded in %.2fs", time.perf_counter() - started)
         return cls(
-            executor=executor, vad=vad, turn_detector=turn_detector, piper=piper, whisper=whisper
+            executor=executor,
+            vad=vad,
+            turn_detector=turn_detector,
+            piper=piper,
+            whisper=whisper,
+            settings=settings,
         )
 
     def for_assistant(self, assistant: Assistant) -> Engines:
+        """Engines for one call. Raises ConfigError (naming the setting or field) when a chosen
+        provider, primary or fallback, cannot be used."""
         model, voice, transcriber = assistant.model, assistant.voice, assistant.transcriber
-        if model.provider != "local":
-            raise ConfigError(f"model.provider {model.provider!r} needs a cloud provider adapter")
-        if voice.provider != "piper":
-            raise ConfigError(f"voice.provider {voice.provider!r} needs a cloud provider adapter")
-        if transcriber.provider != "faster-whisper":
-            raise ConfigError(
-                f"transcriber.provider {transcriber.provider!r} needs a cloud provider adapter"
-            )
+        cloud = None if self.settings is None else CloudAdapters(self.settings, self.timeouts)
         return Engines(
-            stt=self.whisper.stt(language=transcriber.language),
-            llm=LocalResponder(model),
-            tts=self.piper.tts(speed=voice.speed),
+            stt=self._stt(transcriber, cloud),
+            llm=self._llm(model, cloud),
+            tts=self._tts(voice, cloud),
             vad=self.vad,
             turn_detector=self.turn_detector,
             greetings=self.greetings,
             executor=self.executor,
+            stt_fallbacks=[self._stt(t, cloud) for t in fallback_transcribers(transcriber)],
+            llm_fallbacks=[self._llm(m, cloud) for m in fallback_models(model)],
+            tts_fallbacks=[self._tts(v, cloud) for v in fallback_voices(voice)],
+            breakers=self.breakers,
+            closers=[] if cloud is None else [cloud.aclose],
         )
 
+    @staticmethod
+    def _need(cloud: CloudAdapters | None, what: str) -> CloudAdapters:
+        if cloud is None:
+            raise ConfigError(f"{what} needs a cloud provider adapter (no settings loaded)")
+        return cloud
+
+    def _stt(self, config: TranscriberConfig, cloud: CloudAdapters | None) -> SpeechToText:
+        if config.provider == "faster-whisper":
+            return self.whisper.stt(language=config.language)
+        return self._need(cloud, f"transcriber.provider {config.provider!r}").stt(config)
+
+    def _llm(self, config: ModelConfig, cloud: CloudAdapters | None) -> LanguageModel:
+        if config.provider == "local":
+            return LocalResponder(config)
+        return self._need(cloud, f"model.provider {config.provider!r}").llm(config)
+
+    def _tts(self, config: VoiceConfig, cloud: CloudAdapters | None) -> TextToSpeech:
+        if config.provider == "piper":
+            return self.piper.tts(speed=config.speed)
+        return self._need(cloud, f"voice.provider {config.provider!r}").tts(config)
+
     async def warm(self, assistant: Assistant) -> None:
-        """Synthesize the greeting now so calls start speaking within a frame."""
-        if assistant.first_message:
-            engines = self.for_assistant(assistant)
-            await self.greetings.get_or_synthesize(engines.tts, assistant.first_message)
+        """Synthesize the greeting (and, on a cloud voice, the apology) now, so calls start
+        speaking within a frame and a failing call still has something to say."""
+        engines = self.for_assistant(assistant)
+        try:
+            if assistant.first_message:
+                await self.greetings.get_or_synthesize(engines.tts, assistant.first_message)
+            if assistant.voice.provider != "piper":
+                await self.greetings.get_or_synthesize(engines.tts, APOLOGY)
+        except ProviderError as exc:
+            # A cloud voice that is down at startup must not stop the server: calls synthesize
+            # these lines on demand (through the voice's fallbacks) once it is back.
+            log.error("warming %r failed: %s", assistant.name, exc)
+        finally:
+            for close in engines.closers:
+                await close()
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -9,6 +9,12 @@ The session ends exactly once, with one `EndedReason`, whoever ends it: the call
 closed socket), the assistant (end-call phrase), a timer (silence, max duration), a provider, bad
 input, or the server. Ending cancels every task of the call; the transport is closed and the
 last event emitted is `CallEnded`.
+
+Providers fail over rather than end the call (`voice.fallback`): a failed LLM answer or TTS phrase
+is retried once, then the assistant's fallbacks are tried, skipping providers whose circuit
+breaker (`voice.breaker`, shared per process) is open; a transcriber that fails moves the stream to
+the fallback transcriber. Every failure is a `ProviderFailed` event. Only when a stage has nothing
+left does the caller hear the cached apology, and the call ends with that stage's pipeline error.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -31,8 +38,9 @@ from media.transport import (
     TransportClosed,
 )
 from voice.assistant import Assistant
+from voice.breaker import BreakerBoard
 from voice.clock import Clock, MonotonicClock
-from voice.errors import ProviderError
+from voice.errors import ProviderError, ProviderTimeout
 from voice.events import (
     BargeIn,
     CallEnded,
@@ -44,6 +52,14 @@ from voice.events import (
     SpeechStopped,
     TranscriptReceived,
     TurnCompleted,
+)
+from voice.fallback import (
+    FailoverPlan,
+    FallbackLlm,
+    FallbackTts,
+    ProvidersExhausted,
+    Stage,
+    candidates,
 )
 from voice.greeting import GreetingCache
 from voice.history import Conversation, heard_text
@@ -76,9 +92,18 @@ from voice.turns import (
 )
 from voice.types import FRAME_SECONDS, SAMPLE_RATE, ChatMessage, EndedReason
 
-__all__ = ["CallSession", "Engines", "SessionOptions"]
+__all__ = ["APOLOGY", "CallSession", "Engines", "SessionOptions"]
 
 log = logging.getLogger("ava.call")
+
+# Said (from the greeting cache) when no provider of a stage is left, just before hanging up.
+APOLOGY = "Sorry, I'm having trouble right now. Please call back later."
+
+_FAILED_REASONS: dict[Stage, EndedReason] = {
+    "stt": EndedReason.PIPELINE_ERROR_STT,
+    "llm": EndedReason.PIPELINE_ERROR_LLM,
+    "tts": EndedReason.PIPELINE_ERROR_TTS,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +127,14 @@ class Engines:
     turn_detector: TurnDetector | None
     greetings: GreetingCache
     executor: Executor | None = None  # for the turn model; None: the loop's default
+    # Tried in order when the primary fails (after one retry): the assistant's fallback plans.
+    stt_fallbacks: Sequence[SpeechToText] = ()
+    llm_fallbacks: Sequence[LanguageModel] = ()
+    tts_fallbacks: Sequence[TextToSpeech] = ()
+    # Per provider per process when the engine source shares one board across calls.
+    breakers: BreakerBoard = field(default_factory=BreakerBoard)
+    # Releases the per-call adapters (sockets, HTTP pools) when the call ends.
+    closers: Sequence[Callable[[], Awaitable[None]]] = ()
 
 
 @dataclass(slots=True)
@@ -116,10 +149,11 @@ class _CallOver(Exception):
     """Raised inside the TaskGroup to cancel every task once the call has ended."""
 
 
-def _turn_config(assistant: Assistant, has_turn_model: bool) -> TurnConfig:
+def _turn_config(assistant: Assistant, has_turn_model: bool, vad_window: float) -> TurnConfig:
     start, stop = assistant.start_speaking_plan, assistant.stop_speaking_plan
     return TurnConfig(
         vad_silence_seconds=start.vad_silence_seconds,
+        vad_window_seconds=vad_window,
         turn_threshold=start.smart_turn_threshold,
         incomplete_timeout=start.transcription_endpointing_plan.on_no_punctuation_seconds,
         use_turn_model=has_turn_model,
@@ -153,7 +187,9 @@ class CallSession:
         self.options = options or SessionOptions()
         self.metadata = metadata or {}
         self.history = Conversation(assistant.model)
-        self.turns = TurnTaker(_turn_config(assistant, engines.turn_detector is not None))
+        self.turns = TurnTaker(
+            _turn_config(assistant, engines.turn_detector is not None, engines.vad.window_seconds)
+        )
         self.ended: CallEnded | None = None
         self._t0 = 0.0
         self._ended = asyncio.Event()
@@ -176,6 +212,21 @@ class CallSession:
         self._last_activity = 0.0
         self._caller_speaking = False
         self._backoff_until = 0.0
+        self._giving_up = False  # a stage has no provider left: apologise, then end
+        self._ending: dict[Reply, tuple[EndedReason, str]] = {}
+        breakers = engines.breakers
+        self._llm = FallbackLlm(
+            candidates("llm", engines.llm, engines.llm_fallbacks),
+            breakers,
+            self.clock,
+            self._on_provider_failure,
+        )
+        self._tts = FallbackTts(
+            candidates("tts", engines.tts, engines.tts_fallbacks),
+            breakers,
+            self.clock,
+            self._on_provider_failure,
+        )
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -233,10 +284,12 @@ class CallSession:
             # The caller hung up mid-reply: keep what they heard.
             self._record_reply(playing, interrupted=True, now=self.clock.now())
         if self._stt is not None:
+            await self._close_stt(self._stt)
+        for close in self.engines.closers:
             try:
-                await self._stt.aclose()
-            except ProviderError as exc:
-                log.warning("call %s: closing STT failed: %s", self.call_id, exc)
+                await close()
+            except (ProviderError, OSError) as exc:
+                log.warning("call %s: closing a provider failed: %s", self.call_id, exc)
         try:
             await self.transport.close(self.ended.reason.value)
         except TransportClosed:
@@ -251,18 +304,57 @@ class CallSession:
     # --- inbound -----------------------------------------------------------------------------
 
     async def _connect_stt(self) -> None:
+        """Connect the transcriber; on failure retry once, then the fallback transcribers."""
+        engines = self.engines
+        plan = FailoverPlan(candidates("stt", engines.stt, engines.stt_fallbacks), engines.breakers)
+        last: ProviderError | None = None
+        while (candidate := plan.next(self.clock.now())) is not None:
+            seconds = self.options.stt_connect_timeout
+            try:
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow the call's own
+                # cancellation when the connect completes in the same tick, leaving a live task.
+                async with asyncio.timeout(seconds):
+                    stream = await candidate.engine.connect()
+            except ProviderError as exc:
+                error = exc
+            except TimeoutError:
+                error = ProviderTimeout(candidate.engine.name, "connect", seconds)
+            else:
+                failure = await self._run_stt(stream, candidate.engine.name)
+                if failure is None:
+                    return  # the call is over
+                # Mid-call: the adapter has already reconnected on its own; move on.
+                plan.failed(candidate, failure, self.clock.now(), retry=False)
+                self._on_provider_failure("stt", candidate.key, failure)
+                last = failure
+                continue
+            plan.failed(candidate, error, self.clock.now())
+            self._on_provider_failure("stt", candidate.key, error)
+            last = error
+        self._give_up("stt", ProvidersExhausted("stt", last))
+
+    async def _run_stt(self, stream: SttStream, name: str) -> ProviderError | None:
+        """Feed and read one STT stream until it fails (returned) or the call ends (None)."""
         try:
-            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow the call's own
-            # cancellation when the connect completes in the same tick, leaving a live task.
-            async with asyncio.timeout(self.options.stt_connect_timeout):
-                stream = await self.engines.stt.connect()
-        except (ProviderError, TimeoutError) as exc:
-            self._provider_failed("stt", self.engines.stt.name, exc)
-            return
-        while self._prebuffer:
-            await stream.send_audio(self._prebuffer.popleft())
-        self._stt = stream
-        await self._transcript_loop(stream)
+            while self._prebuffer:
+                await stream.send_audio(self._prebuffer.popleft())
+            self._stt = stream
+            await self._transcript_loop(stream)
+        except ProviderError as exc:
+            error = exc
+        else:
+            if self._ended.is_set():
+                return None
+            error = ProviderError(name, "stream ended", retryable=True)
+        self._stt = None  # caller audio goes to the prebuffer until the next stream is up
+        await self._close_stt(stream)
+        return error
+
+    async def _close_stt(self, stream: SttStream) -> None:
+        try:
+            await stream.aclose()
+        except ProviderError as exc:
+            log.warning("call %s: closing STT failed: %s", self.call_id, exc)
 
     async def _receive_loop(self) -> None:
         transport = self.transport
@@ -290,10 +382,16 @@ class CallSession:
     async def _on_audio(self, audio: bytes) -> None:
         """The per-frame hot path: STT, VAD, turn timers."""
         now = self.clock.now()
-        if self._stt is not None:
-            await self._stt.send_audio(audio)
-        else:
+        stt = self._stt
+        if stt is None:
             self._prebuffer.append(audio)
+        else:
+            try:
+                await stt.send_audio(audio)
+            except ProviderError:
+                # The stream has failed: its transcript loop reports it and moves to the
+                # fallback, which gets this audio from the prebuffer.
+                self._prebuffer.append(audio)
         pcm = ulaw_to_pcm16(audio)
         self._caller_pcm.append(pcm)
         probability = self._vad.process(pcm)
@@ -314,25 +412,14 @@ class CallSession:
             self._emit(event(self.call_id, now - self._t0))
 
     async def _transcript_loop(self, stream: SttStream) -> None:
-        try:
-            async for result in stream.transcripts():
-                now = self.clock.now()
-                if result.text:
-                    self._emit(
-                        TranscriptReceived(
-                            self.call_id, now - self._t0, result.text, result.is_final
-                        )
-                    )
-                await self._apply(self.turns.transcript(result, now), now)
-        except ProviderError as exc:
-            self._provider_failed("stt", self.engines.stt.name, exc)
-            return
-        if not self._ended.is_set():
-            self._provider_failed(
-                "stt",
-                self.engines.stt.name,
-                ProviderError(self.engines.stt.name, "stream ended", retryable=True),
-            )
+        """Raises ProviderError when the stream fails."""
+        async for result in stream.transcripts():
+            now = self.clock.now()
+            if result.text:
+                self._emit(
+                    TranscriptReceived(self.call_id, now - self._t0, result.text, result.is_final)
+                )
+            await self._apply(self.turns.transcript(result, now), now)
 
     async def _turn_model_loop(self) -> None:
         detector = self.engines.turn_detector
@@ -384,6 +471,8 @@ class CallSession:
                 if self._turn_requests.full():  # a newer question supersedes the old one
                     self._turn_requests.get_nowait()
                 self._turn_requests.put_nowait(action)
+            elif isinstance(action, Speculate | CommitTurn) and self._giving_up:
+                continue  # no new turns once the call is apologising its way out
             elif isinstance(action, Speculate):
                 self._cancel_speculation()
                 messages = [*self.history.messages(), ChatMessage("user", action.text)]
@@ -475,10 +564,17 @@ class CallSession:
             self._reply_tasks.pop(reply, None)
 
     async def _produce_greeting(self, reply: Reply) -> None:
+        """Fixed lines (greeting, apology): from the cache, synthesized once per voice."""
         try:
-            cached = await self.engines.greetings.get_or_synthesize(self.engines.tts, reply.text)
+            cached = await self.engines.greetings.get_or_synthesize(self._tts, reply.text)
         except ProviderError as exc:
-            self._provider_failed("tts", self.engines.tts.name, exc)
+            ending = self._ending.get(reply)
+            if ending is not None:  # not even the apology can be said: just end
+                self._finish(*ending)
+                return
+            if isinstance(exc, ProvidersExhausted):
+                self._give_up(exc.stage, exc)
+            await reply.finish()
             return
         reply.spoken_text = reply.text
         await reply.put_audio(cached.audio, cached.words)
@@ -486,17 +582,35 @@ class CallSession:
 
     async def _produce(self, reply: Reply, messages: list[ChatMessage]) -> None:
         try:
-            await reply.produce(self.engines.llm, self.engines.tts, messages)
+            await reply.produce(self._llm, self._tts, messages)
+        except ProvidersExhausted as exc:
+            await reply.finish()
+            self._give_up(exc.stage, exc)
         except ProviderError as exc:
-            stage = "llm" if exc.provider == self.engines.llm.name else "tts"
-            self._provider_failed(stage, exc.provider, exc)
+            # Failed after part of the answer was produced (already a ProviderFailed event):
+            # the caller hears that part and the call goes on.
+            log.warning("call %s: reply %d cut short: %s", self.call_id, reply.index, exc)
+            if not reply.done:
+                await reply.finish()
+
+    def _give_up(self, stage: Stage, exc: ProviderError) -> None:
+        """Nothing is left to try for `stage`: say the apology, then end the call."""
+        if self._giving_up or self._ended.is_set():
+            return
+        self._giving_up = True
+        log.error("call %s: no %s provider left: %s", self.call_id, stage, exc)
+        self._cancel_speculation()
+        reply = self._start_reply("", None)
+        reply.text = APOLOGY
+        self._ending[reply] = (_FAILED_REASONS[stage], str(exc))
+        reply.release()
 
     async def _play(self, reply: Reply) -> None:
         """Send the reply's audio paced against the playback clock, a mark after each chunk."""
         clock, transport, pacer = self.clock, self.transport, self._pacer
         playing = _Playing(reply, PlayoutTracker())
         self._playing = playing
-        self.turns.interruptible = (
+        self.turns.interruptible = reply not in self._ending and (
             not reply.is_greeting or self.assistant.first_message_interruptions_enabled
         )
         chunk_bytes = int(self.options.playout_chunk_seconds * SAMPLE_RATE)
@@ -535,6 +649,10 @@ class CallSession:
         await self._apply(self.turns.set_assistant_audible(False, now), now)
         await self._apply(self.turns.reply_finished(now), now)
         self._last_activity = now
+        ending = self._ending.get(reply)
+        if ending is not None:
+            self._finish(*ending)
+            return
         phrase = find_end_call_phrase(reply.text, self.assistant.end_call_phrases)
         if phrase is not None:
             self._finish(EndedReason.ASSISTANT_SAID_END_CALL_PHRASE, phrase)
@@ -561,11 +679,13 @@ class CallSession:
             index = self.history.add_assistant(reply.text)
             if interrupted:
                 self.history.truncate_assistant(index, text)
-        self._emit(
-            MessageAdded(
-                self.call_id, now - self._t0, "bot", text, heard_seconds, interrupted=interrupted
-            )
-        )
+        if text or interrupted:  # a reply that failed before saying anything adds no message
+            self._emit(
+                MessageAdded(
+                    self.call_id, now - self._t0, "bot", text, heard_seconds,
+                    interrupted=interrupted,
+                )
+            )  # fmt: skip
         commit = self._commits.pop(reply, None)
         if commit is not None:
             latency = (
@@ -583,18 +703,14 @@ class CallSession:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _provider_failed(self, stage: str, provider: str, exc: BaseException) -> None:
-        retryable = exc.retryable if isinstance(exc, ProviderError) else True
+    def _on_provider_failure(self, stage: Stage, provider: str, exc: ProviderError) -> None:
+        """Every provider failure is an event of the call, whether or not the call survives it."""
         self._emit(
-            ProviderFailed(self.call_id, self._since_start(), stage, provider, str(exc), retryable)
+            ProviderFailed(
+                self.call_id, self._since_start(), stage, provider, str(exc), exc.retryable
+            )
         )
-        reason = {
-            "stt": EndedReason.PIPELINE_ERROR_STT,
-            "llm": EndedReason.PIPELINE_ERROR_LLM,
-            "tts": EndedReason.PIPELINE_ERROR_TTS,
-        }[stage]
-        log.error("call %s: %s provider %s failed: %s", self.call_id, stage, provider, exc)
-        self._finish(reason, f"{provider}: {exc}")
+        log.warning("call %s: %s provider %s failed: %s", self.call_id, stage, provider, exc)
 
     def _emit(self, event: CallEvent) -> None:
         self.sink.emit(event)

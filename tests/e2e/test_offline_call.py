@@ -15,9 +15,9 @@ import pytest
 
 from control.app import create_app
 from control.engines import EngineHub
-from voice.engines.synthesize import synthesize_ulaw
 from media.twilio.caller import CallScript, place_call
 from tests.conftest import AssistantFactory, serve, settings_for
+from voice.engines.synthesize import synthesize_ulaw
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

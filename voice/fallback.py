@@ -1,0 +1,177 @@
+"""Retry and fallback across providers of one stage, behind the ports the session already uses.
+
+`FailoverPlan` is the pure policy (explicit time): the first usable candidate gets one retry on a
+retryable error, then each fallback gets one attempt, and a candidate whose circuit breaker is
+open is skipped. `FallbackLlm` and `FallbackTts` apply it to a stream: a provider that fails
+before producing anything is replaced by the next one; a failure after output has started is
+re-raised (the caller already has part of the answer). Every failure is reported through
+`on_failure` (the session turns it into a `ProviderFailed` event). When nothing is left,
+`ProvidersExhausted` is raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar
+
+from voice.breaker import BreakerBoard
+from voice.clock import Clock
+from voice.errors import ProviderError
+from voice.ports import LanguageModel, TextToSpeech
+from voice.types import ChatMessage, LlmDelta, TtsChunk
+
+__all__ = [
+    "Candidate",
+    "FailoverPlan",
+    "FailureHandler",
+    "FallbackLlm",
+    "FallbackTts",
+    "ProvidersExhausted",
+    "Stage",
+    "breaker_key",
+    "candidates",
+]
+
+Stage = Literal["stt", "llm", "tts"]
+T = TypeVar("T")
+FailureHandler = Callable[[Stage, str, ProviderError], None]
+
+
+class ProvidersExhausted(ProviderError):
+    """Every provider of a stage failed (or is skipped by its breaker) for this attempt."""
+
+    def __init__(self, stage: Stage, last: ProviderError | None) -> None:
+        detail = f"; last error: {last}" if last is not None else " (all circuit breakers open)"
+        super().__init__(stage, f"no {stage} provider left{detail}", retryable=False)
+        self.stage = stage
+        self.last = last
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate(Generic[T]):
+    key: str  # the circuit breaker's key, also named in ProviderFailed events
+    engine: T
+
+
+def breaker_key(stage: Stage, engine: object) -> str:
+    """A per-provider key: the stage, the adapter's name and its model or voice when known."""
+    name = str(getattr(engine, "name", type(engine).__name__))
+    if stage == "tts":
+        voice = getattr(engine, "voice_key", None)
+        return f"tts/{voice}" if isinstance(voice, str) and voice else f"tts/{name}"
+    model = getattr(engine, "model", None)
+    return f"{stage}/{name}/{model}" if isinstance(model, str) and model else f"{stage}/{name}"
+
+
+def candidates(stage: Stage, primary: T, fallbacks: Sequence[T]) -> list[Candidate[T]]:
+    return [Candidate(breaker_key(stage, e), e) for e in (primary, *fallbacks)]
+
+
+class FailoverPlan(Generic[T]):
+    """The order in which one attempt (a turn's LLM answer, a phrase's TTS) tries providers."""
+
+    def __init__(self, chain: Sequence[Candidate[T]], breakers: BreakerBoard) -> None:
+        self._chain = list(chain)
+        self._breakers = breakers
+        self._index = 0
+        self._retried = False  # the one retry goes to the first candidate actually tried
+        self._tried_any = False
+
+    def next(self, now: float) -> Candidate[T] | None:
+        """The candidate to try now, or None when nothing is left."""
+        while self._index < len(self._chain):
+            candidate = self._chain[self._index]
+            if self._breakers.get(candidate.key).allow(now):
+                self._tried_any = True
+                return candidate
+            self._index += 1
+        return None
+
+    def failed(
+        self, candidate: Candidate[T], error: ProviderError, now: float, *, retry: bool = True
+    ) -> None:
+        self._breakers.get(candidate.key).record_failure(now)
+        if retry and error.retryable and not self._retried:
+            self._retried = True
+            return  # same candidate once more (unless its breaker has just opened)
+        self._retried = True
+        self._index += 1
+
+    def succeeded(self, candidate: Candidate[T], now: float) -> None:
+        self._breakers.get(candidate.key).record_success(now)
+
+
+class FallbackLlm:
+    """A `LanguageModel` over a chain of them."""
+
+    def __init__(
+        self,
+        chain: Sequence[Candidate[LanguageModel]],
+        breakers: BreakerBoard,
+        clock: Clock,
+        on_failure: FailureHandler,
+    ) -> None:
+        if not chain:
+            raise ValueError("a fallback chain needs at least one candidate")
+        self.name = chain[0].engine.name
+        self._chain, self._breakers, self._clock = list(chain), breakers, clock
+        self._on_failure = on_failure
+
+    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[LlmDelta, None]:
+        plan = FailoverPlan(self._chain, self._breakers)
+        last: ProviderError | None = None
+        while (candidate := plan.next(self._clock.now())) is not None:
+            produced = False
+            try:
+                async for delta in candidate.engine.stream(messages):
+                    produced = True
+                    yield delta
+            except ProviderError as exc:
+                plan.failed(candidate, exc, self._clock.now())
+                self._on_failure("llm", candidate.key, exc)
+                if produced:
+                    raise
+                last = exc
+                continue
+            plan.succeeded(candidate, self._clock.now())
+            return
+        raise ProvidersExhausted("llm", last)
+
+
+class FallbackTts:
+    """A `TextToSpeech` over a chain of them; the cache key is the primary voice's."""
+
+    def __init__(
+        self,
+        chain: Sequence[Candidate[TextToSpeech]],
+        breakers: BreakerBoard,
+        clock: Clock,
+        on_failure: FailureHandler,
+    ) -> None:
+        if not chain:
+            raise ValueError("a fallback chain needs at least one candidate")
+        self.name = chain[0].engine.name
+        self.voice_key = chain[0].engine.voice_key
+        self._chain, self._breakers, self._clock = list(chain), breakers, clock
+        self._on_failure = on_failure
+
+    async def synthesize(self, text: str) -> AsyncGenerator[TtsChunk, None]:
+        plan = FailoverPlan(self._chain, self._breakers)
+        last: ProviderError | None = None
+        while (candidate := plan.next(self._clock.now())) is not None:
+            produced = False
+            try:
+                async for chunk in candidate.engine.synthesize(text):
+                    produced = produced or bool(chunk.audio)
+                    yield chunk
+            except ProviderError as exc:
+                plan.failed(candidate, exc, self._clock.now())
+                self._on_failure("tts", candidate.key, exc)
+                if produced:
+                    raise
+                last = exc
+                continue
+            plan.succeeded(candidate, self._clock.now())
+            return
+        raise ProvidersExhausted("tts", last)
