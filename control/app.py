@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,14 +13,22 @@ from fastapi import FastAPI, HTTPException, Request, Response
 
 from control.calls import CallManager
 from control.engines import EngineHub, EngineSource
+from control.errors import install_error_handlers
+from control.routes import api_router
 from control.settings import Settings
+from control.sinks import FanOut
 from control.state import AppState
+from control.stores import Stores, open_stores
 from control.twilio_routes import router as twilio_router
+from control.twilio_status import router as twilio_status_router
+from storage import CallRecorder, NotMigrated, display_url
 from voice.assistant import load_assistant
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("ava")
+
+_FLUSH_SECONDS = 10.0
 
 
 def create_app(settings: Settings, *, engines: EngineSource | None = None) -> FastAPI:
@@ -30,8 +40,28 @@ def create_app(settings: Settings, *, engines: EngineSource | None = None) -> Fa
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        hub: EngineSource = engines if engines is not None else await EngineHub.load_async(settings)
-        state = AppState(settings, hub, calls, assistant)
+        # The database first: an unmigrated one refuses startup (NotMigrated says to run
+        # `ava db upgrade`) before minutes go into loading speech models.
+        try:
+            stores = await open_stores(settings)
+        except NotMigrated as exc:
+            log.error("refusing to start: %s", exc)
+            raise
+        try:
+            async with _recording(stores) as recorder:
+                hub: EngineSource = (
+                    engines if engines is not None else await EngineHub.load_async(settings)
+                )
+                sink = FanOut(calls, recorder)
+                state = AppState(settings, hub, calls, assistant, stores, sink)
+                async with _serving(app, state, owns_engines=engines is None):
+                    yield
+        finally:
+            await stores.close()
+
+    @asynccontextmanager
+    async def _serving(app: FastAPI, state: AppState, owns_engines: bool) -> AsyncIterator[None]:
+        hub = state.engines
         state.assistants["default"] = assistant
         app.state.ava = state
         if settings.dev_mode:
@@ -47,12 +77,15 @@ def create_app(settings: Settings, *, engines: EngineSource | None = None) -> Fa
         finally:
             state.ready = False
             await state.calls.drain(settings.drain_seconds)
-            if engines is None:
+            if owns_engines:
                 hub.close()
 
     app = FastAPI(title="AVA", version="0.1.0", lifespan=lifespan)
     app.state.calls = calls
+    install_error_handlers(app)
     app.include_router(twilio_router)
+    app.include_router(twilio_status_router)
+    app.include_router(api_router)
 
     @app.get("/livez")
     async def livez() -> dict[str, str]:
@@ -70,8 +103,32 @@ def create_app(settings: Settings, *, engines: EngineSource | None = None) -> Fa
         """The in-memory call record, for `ava call` in dev mode only."""
         state: AppState = request.app.state.ava
         record = state.calls.find(key) if state.settings.dev_mode else None
-        if record is None:
+        # Unauthenticated, so never a tenant's call: those are at GET /call/{id}, behind a key.
+        if record is None or record.metadata.get("tenant_id"):
             raise HTTPException(404, "no such call")
         return record.to_json()
 
     return app
+
+
+@asynccontextmanager
+async def _recording(stores: Stores) -> AsyncIterator[CallRecorder]:
+    """The call recorder's writer task, for the app's lifetime; flushed before it stops."""
+    closed = await stores.calls.close_orphaned_calls(None)
+    if closed:
+        log.warning("closed %d calls left in progress by a previous process", closed)
+    log.info("call records in %s", display_url(stores.engine.url))
+    recorder = CallRecorder(stores.calls)
+    writer = asyncio.create_task(recorder.run(), name="ava-call-recorder")
+    try:
+        yield recorder
+    finally:
+        try:
+            # After the drain: the last calls' CallEnded events are queued; write them.
+            async with asyncio.timeout(_FLUSH_SECONDS):
+                await recorder.flush()
+        except (TimeoutError, RuntimeError):
+            log.error("call recorder did not flush; %d events unwritten", recorder.dropped)
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer

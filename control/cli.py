@@ -1,4 +1,4 @@
-"""`ava`: serve, place a simulated call."""
+"""`ava`: serve, place a simulated call, administer the database, tenants and API keys."""
 
 from __future__ import annotations
 
@@ -83,6 +83,38 @@ def _call(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _admin(args: argparse.Namespace) -> int:
+    """`ava db|tenant|key …`: run one admin coroutine against the configured database."""
+    from control.admin import run_admin
+    from control.settings import Settings
+
+    return asyncio.run(run_admin(Settings(), args))
+
+
+def _add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="action", required=True)
+    db.add_parser("upgrade", help="migrate the database to this version's schema")
+    db.add_parser("current", help="show the database's schema revision")
+
+    tenant = sub.add_parser("tenant", help="tenants").add_subparsers(dest="action", required=True)
+    create = tenant.add_parser("create", help="create a tenant; prints its id")
+    create.add_argument("name")
+    tenant.add_parser("list", help="list tenants")
+
+    key = sub.add_parser("key", help="API keys").add_subparsers(dest="action", required=True)
+    key_create = key.add_parser("create", help="create an API key; prints it (only this once)")
+    key_create.add_argument("--tenant", required=True, help="tenant id")
+    key_create.add_argument("--name", default="", help="a label to tell keys apart")
+    key_revoke = key.add_parser("revoke", help="revoke an API key")
+    key_revoke.add_argument("--tenant", required=True, help="tenant id")
+    key_revoke.add_argument("key_id")
+    key_list = key.add_parser("list", help="list a tenant's keys (never the keys themselves)")
+    key_list.add_argument("--tenant", required=True, help="tenant id")
+
+    for name in ("db", "tenant", "key"):
+        sub.choices[name].set_defaults(func=_admin)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ava", description="AVA voice-agent server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--to-number", default="+15557654321")
     call.add_argument("--json", help="also write the report as JSON here")
     call.set_defaults(func=_call)
+
+    _add_admin_commands(sub)
 
     args = parser.parse_args(argv)
     result: int = args.func(args)

@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from storage.engine import default_sqlite_url
+
 __all__ = ["Settings"]
 
 _SAMPLE_ASSISTANT = Path(__file__).resolve().parent / "data" / "sample-assistant.json"
@@ -36,6 +38,8 @@ class Settings(BaseSettings):
     stream_token_ttl_seconds: float = Field(default=60, gt=0)
     assistant_file: Path = _SAMPLE_ASSISTANT
     data_dir: Path = Path("var")
+    # sqlite+aiosqlite:///path or postgresql+asyncpg://user:pass@host/db. Empty: SQLite in data_dir.
+    database_url: str = ""
     model_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "ava" / "models")
     # Worker threads for CPU-heavy inference (STT, TTS, turn model). 2 cores: 2 threads.
     inference_threads: int = Field(default=2, ge=1, le=64)
@@ -53,10 +57,39 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("TWILIO_AUTH_TOKEN", "AVA_TWILIO_AUTH_TOKEN"),
     )
 
+    # Cloud providers (conventional names). A key is needed only when an assistant picks it.
+    deepgram_api_key: SecretStr = Field(
+        default=SecretStr(""),
+        validation_alias=AliasChoices("DEEPGRAM_API_KEY", "AVA_DEEPGRAM_API_KEY"),
+    )
+    deepgram_base_url: str = Field(
+        default="wss://api.deepgram.com",
+        validation_alias=AliasChoices("DEEPGRAM_BASE_URL", "AVA_DEEPGRAM_BASE_URL"),
+    )
+    openai_api_key: SecretStr = Field(
+        default=SecretStr(""),
+        validation_alias=AliasChoices("OPENAI_API_KEY", "AVA_OPENAI_API_KEY"),
+    )
+    # None: the openai SDK's own default (https://api.openai.com/v1).
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "AVA_OPENAI_BASE_URL")
+    )
+    elevenlabs_api_key: SecretStr = Field(
+        default=SecretStr(""),
+        validation_alias=AliasChoices("ELEVENLABS_API_KEY", "AVA_ELEVENLABS_API_KEY"),
+    )
+    elevenlabs_base_url: str = Field(
+        default="wss://api.elevenlabs.io",
+        validation_alias=AliasChoices("ELEVENLABS_BASE_URL", "AVA_ELEVENLABS_BASE_URL"),
+    )
+
     @property
     def dev_mode(self) -> bool:
         """No Twilio credentials: webhooks and streams are not signature-checked."""
         return not self.twilio_auth_token.get_secret_value()
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or default_sqlite_url(self.data_dir)
 
     def signing_key(self) -> bytes:
         key = self.secret_key.get_secret_value()

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from control.calls import CallManager
 from control.engines import EngineSource
 from control.settings import Settings
+from control.stores import Stores
 from voice.assistant import Assistant
+from voice.ports import EventSink
 
 __all__ = ["AppState"]
 
@@ -18,6 +20,9 @@ class AppState:
     engines: EngineSource
     calls: CallManager
     default_assistant: Assistant
+    stores: Stores
+    # Every session's events: the live records in `calls` and the database recorder.
+    sink: EventSink
     assistants: dict[str, Assistant] = field(default_factory=dict)
     ready: bool = False
 

@@ -6,17 +6,18 @@ import asyncio
 import logging
 import time
 import uuid
-from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, Response, WebSocket
-from starlette.datastructures import Headers
+from pydantic import ValidationError
 
 from control.state import AppState
 from control.stream_token import InvalidToken, issue_token, verify_token
+from control.twilio_auth import auth_token, external_url, read_form, webhook_signed
 from media.transport import TransportClosed
-from media.twilio.signature import public_url, validate_signature
-from media.twilio.twiml import connect_stream
+from media.twilio.signature import validate_signature
+from media.twilio.twiml import connect_stream, say_and_hangup
 from media.twilio.websocket import CLOSE_POLICY, TwilioWebSocket
+from voice.assistant import Assistant
 from voice.errors import ConfigError
 from voice.session import CallSession
 from voice.types import EndedReason
@@ -28,25 +29,12 @@ router = APIRouter()
 
 MEDIA_PATH = "/twilio/media"
 START_TIMEOUT = 10.0
-_MAX_WEBHOOK_BYTES = 64 * 1024
+UNKNOWN_NUMBER_SAY = "Sorry, this number is not in service. Goodbye."
+NO_ASSISTANT_SAY = "Sorry, no one can take this call right now. Goodbye."
 
 
-def _external_url(state: AppState, headers: Headers, scheme: str, path: str, ws: bool) -> str:
-    """The URL Twilio used (and signed), seen through any TLS-terminating proxy."""
-    configured = state.settings.public_url.rstrip("/")
-    if configured:
-        base_scheme, _, host = configured.partition("://")
-        if ws:
-            base_scheme = {"https": "wss", "http": "ws"}.get(base_scheme, base_scheme)
-        return f"{base_scheme}://{host}{path}"
-    return public_url(
-        scheme,
-        headers.get("host", "localhost"),
-        path,
-        forwarded_proto=headers.get("x-forwarded-proto"),
-        forwarded_host=headers.get("x-forwarded-host"),
-        websocket=ws,
-    )
+def _twiml(xml: str) -> Response:
+    return Response(xml, media_type="text/xml")
 
 
 @router.post("/twilio/voice")
@@ -55,47 +43,85 @@ async def voice_webhook(request: Request) -> Response:
     if state.calls.draining:
         # 503 makes Twilio try the number's fallback URL (another node) instead.
         return Response("server draining", status_code=503)
-    body = await request.body()
-    if len(body) > _MAX_WEBHOOK_BYTES:
+    form = await read_form(request)
+    if form is None:
         return Response("webhook body too large", status_code=413)
-    form = dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
     settings = state.settings
-    if not settings.dev_mode:
-        url = _external_url(state, request.headers, request.url.scheme, request.url.path, False)
-        if request.url.query:
-            url = f"{url}?{request.url.query}"
-        signature = request.headers.get("x-twilio-signature", "")
-        if not validate_signature(
-            settings.twilio_auth_token.get_secret_value(), url, form, signature
-        ):
-            log.warning("voice webhook with a bad X-Twilio-Signature rejected")
-            return Response("invalid signature", status_code=403)
-    call_sid = form.get("CallSid", "")
-    claims = {
-        "call_sid": call_sid,
+    number = await state.stores.phone_numbers.route(form.get("To", ""))
+    # Until some tenant imports a number the server is single-tenant: every call gets the
+    # assistant file. After that, a number nobody imported is told so, not served.
+    if number is None and await state.stores.phone_numbers.any_imported():
+        log.info("call to %r, which no tenant imported", form.get("To", ""))
+        return _twiml(say_and_hangup(UNKNOWN_NUMBER_SAY))
+    if not await webhook_signed(state, request, form, number):
+        log.warning("voice webhook with a bad X-Twilio-Signature rejected")
+        return Response("invalid signature", status_code=403)
+    claims: dict[str, str] = {
+        "call_sid": form.get("CallSid", ""),
         "assistant": "default",
         "from": form.get("From", ""),
         "to": form.get("To", ""),
     }
+    if number is not None:
+        if number.assistant_id is None:
+            return _twiml(say_and_hangup(NO_ASSISTANT_SAY))
+        claims |= {
+            "tenant_id": number.tenant_id,
+            "assistant_id": number.assistant_id,
+            "phone_number_id": number.id,
+        }
     token = issue_token(
         settings.signing_key(), claims, now=time.time(), ttl=settings.stream_token_ttl_seconds
     )
-    stream_url = _external_url(state, request.headers, request.url.scheme, MEDIA_PATH, True)
-    twiml = connect_stream(stream_url, {"ava_token": token})
-    return Response(twiml, media_type="text/xml")
+    stream_url = external_url(state, request.headers, request.url.scheme, MEDIA_PATH, True)
+    return _twiml(connect_stream(stream_url, {"ava_token": token}))
+
+
+async def _tenant_assistant(state: AppState, claims: dict[str, object]) -> Assistant | str:
+    """The assistant a tenant's number answers with, or why there is none."""
+    tenant_id, assistant_id = str(claims["tenant_id"]), str(claims.get("assistant_id", ""))
+    record = await state.stores.assistants.get(tenant_id, assistant_id)
+    if record is None:
+        return f"assistant {assistant_id} no longer exists"
+    try:
+        return record.assistant()
+    except ValidationError as exc:  # stored under an older, laxer schema
+        return f"assistant {assistant_id} is no longer valid: {exc.errors()[0]['msg']}"
+
+
+async def _stream_signed(
+    state: AppState, websocket: WebSocket, claims: dict[str, object], presigned: bool
+) -> bool:
+    """Whether the upgrade request carried a signature valid for the call's number."""
+    if "phone_number_id" not in claims:
+        return presigned or state.settings.dev_mode
+    number = await state.stores.phone_numbers.get(
+        str(claims["tenant_id"]), str(claims["phone_number_id"])
+    )
+    if number is None:
+        return False
+    token = await auth_token(state, number)
+    if not token:
+        return True
+    url = external_url(state, websocket.headers, websocket.url.scheme, MEDIA_PATH, True)
+    return validate_signature(token, url, {}, websocket.headers.get("x-twilio-signature", ""))
 
 
 @router.websocket(MEDIA_PATH)
 async def media_stream(websocket: WebSocket) -> None:
     state: AppState = websocket.app.state.ava
     settings = state.settings
+    presigned = False
     if not settings.dev_mode:
-        url = _external_url(state, websocket.headers, websocket.url.scheme, MEDIA_PATH, True)
         signature = websocket.headers.get("x-twilio-signature", "")
-        if not validate_signature(
+        url = external_url(state, websocket.headers, websocket.url.scheme, MEDIA_PATH, True)
+        presigned = validate_signature(
             settings.twilio_auth_token.get_secret_value(), url, {}, signature
-        ):
-            log.warning("media stream with a bad X-Twilio-Signature rejected")
+        )
+        # Twilio signs every upgrade. One signed with another token may be a tenant's number
+        # (known only from the start message's token); an unsigned one is nobody's.
+        if not signature:
+            log.warning("media stream without X-Twilio-Signature rejected")
             await websocket.close(CLOSE_POLICY)
             return
     await websocket.accept()
@@ -122,25 +148,39 @@ async def media_stream(websocket: WebSocket) -> None:
         )
         if claims.get("call_sid") != start.call_sid:
             raise InvalidToken("stream token was issued for another call")
+        if not await _stream_signed(state, websocket, claims, presigned):
+            raise InvalidToken("bad X-Twilio-Signature on the media stream")
     except InvalidToken as exc:
         log.warning("media stream %s rejected: %s", start.stream_sid, exc)
         state.calls.reject(call_id, EndedReason.MALFORMED_STREAM, str(exc), **ids)
         await websocket.close(CLOSE_POLICY, str(exc))
         return
-    assistant = state.assistant_for(str(claims.get("assistant", "default")))
+    metadata = {**ids, "from": str(claims.get("from", "")), "to": str(claims.get("to", ""))}
+    assistant: Assistant | str
+    if "tenant_id" in claims:
+        assistant = await _tenant_assistant(state, claims)
+        metadata |= {
+            "tenant_id": str(claims["tenant_id"]),
+            "assistant_id": str(claims["assistant_id"]),
+            "phone_number_id": str(claims["phone_number_id"]),
+            "type": "inboundPhoneCall",
+        }
+    else:
+        assistant = state.assistant_for(str(claims.get("assistant", "default")))
     try:
+        if isinstance(assistant, str):
+            raise ConfigError(assistant)
         engines = state.engines.for_assistant(assistant)
     except ConfigError as exc:
         state.calls.reject(call_id, EndedReason.SERVER_ERROR, str(exc), **ids)
         await transport.close(EndedReason.SERVER_ERROR.value)
         return
-    metadata = {**ids, "from": str(claims.get("from", "")), "to": str(claims.get("to", ""))}
     session = CallSession(
         call_id=call_id,
         assistant=assistant,
         transport=transport,
         engines=engines,
-        sink=state.calls,
+        sink=state.sink,
         metadata=metadata,
     )
     await state.calls.run(session)

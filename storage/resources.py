@@ -320,6 +320,11 @@ class PhoneNumberStore(_Scoped):
             )
         return None if row is None else _phone(row)
 
+    async def any_imported(self) -> bool:
+        """Whether any tenant has imported any number (else the server runs single-tenant)."""
+        async with self._sessions() as session:
+            return await session.scalar(select(PhoneNumberRow.id).limit(1)) is not None
+
     def _encrypt(self, credentials: TwilioCredentials) -> str:
         values = {
             "account_sid": credentials.account_sid,

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import functools
 import json
-from collections.abc import AsyncIterator, Callable
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import uvicorn
@@ -15,11 +20,14 @@ from fastapi import FastAPI
 
 from control.server import DrainingServer
 from control.settings import Settings
+from storage import default_sqlite_url, upgrade
 from voice.assistant import Assistant
 from voice.greeting import GreetingCache
 from voice.session import Engines
 from voice.testing import ScriptedLlm, ScriptedStt, ToneTts
 from voice.vad import EnergyVad
+
+T = TypeVar("T")
 
 
 @asynccontextmanager
@@ -96,7 +104,33 @@ def assistant_file(tmp_path: Path) -> AssistantFactory:
     return make
 
 
+def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine on a private loop in a worker thread: usable from sync helpers called
+    inside a running test loop."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(factory())).result()
+
+
+@functools.cache
+def _migrated_template() -> Path:
+    """A SQLite database migrated to head, once per test process; tests get copies of it."""
+    path = Path(tempfile.mkdtemp(prefix="ava-template-")) / "ava.db"
+    run_async(lambda: upgrade(f"sqlite+aiosqlite:///{path}"))
+    atexit.register(shutil.rmtree, path.parent, ignore_errors=True)
+    return path
+
+
+def migrated_sqlite(data_dir: Path) -> str:
+    """A freshly migrated SQLite database at `data_dir/ava.db` (the default location)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_migrated_template(), data_dir / "ava.db")
+    return default_sqlite_url(data_dir)
+
+
 def settings_for(assistant: Path, tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings for one test: its own migrated SQLite database unless `database_url` is given."""
+    if "database_url" not in overrides:
+        migrated_sqlite(tmp_path / "var")
     return Settings(
         assistant_file=assistant,
         data_dir=tmp_path / "var",

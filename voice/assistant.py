@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from voice.errors import ConfigError
@@ -152,6 +152,21 @@ class Assistant(_Vapi):
         default=None, validation_alias=AliasChoices("server", "serverUrl")
     )
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_server_url(cls, data: Any) -> Any:
+        """Vapi's pre-2025 `serverUrl` + `serverUrlSecret` (still in many tutorials) become
+        `server: {url, secret}`; a `server` object given alongside wins."""
+        if not isinstance(data, dict) or not isinstance(data.get("serverUrl"), str):
+            return data
+        data = dict(data)
+        server = {"url": data.pop("serverUrl")}
+        secret = data.pop("serverUrlSecret", None)
+        if isinstance(secret, str):
+            server["secret"] = secret
+        data.setdefault("server", server)
+        return data
 
 
 def load_assistant(path: Path) -> Assistant:

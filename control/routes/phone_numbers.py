@@ -1,0 +1,142 @@
+"""`/phone-number`: Twilio numbers imported by a tenant. Credentials go in, never come out."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from control.deps import StoresDep, TenantDep
+from control.errors import ApiError, not_found
+from storage import UNSET, Conflict, NotFound, TwilioCredentials
+from storage.resources import Unset
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/phone-number", tags=["phone numbers"])
+
+JsonObject = dict[str, Any]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+class _Body(BaseModel):
+    # extra="ignore": Vapi's DTO has fields AVA does not act on yet (hooks, smsEnabled, …);
+    # clients that send them must not be refused.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    name: str | None = Field(default=None, max_length=40)
+    assistant_id: str | None = None
+    server: dict[str, Any] | None = None
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("twilioApiKey", "apiKey")
+    )
+    twilio_api_secret: str | None = Field(
+        default=None, validation_alias=AliasChoices("twilioApiSecret", "apiSecret")
+    )
+
+    def credentials(self) -> TwilioCredentials:
+        try:
+            return TwilioCredentials(
+                account_sid=self.twilio_account_sid or "",
+                auth_token=self.twilio_auth_token,
+                api_key=self.twilio_api_key,
+                api_secret=self.twilio_api_secret,
+            )
+        except ValueError as exc:
+            field = "twilioAuthToken" if self.twilio_account_sid else "twilioAccountSid"
+            raise ApiError(422, [f"{field}: {exc}"]) from exc
+
+
+class PhoneNumberCreate(_Body):
+    provider: Literal["twilio"] = "twilio"
+    # Vapi's current DTO says `number`; older ones `twilioPhoneNumber`.
+    number: str = Field(validation_alias=AliasChoices("number", "twilioPhoneNumber"))
+
+
+class PhoneNumberUpdate(_Body):
+    pass
+
+
+@router.post("", status_code=201)
+async def import_phone_number(
+    body: PhoneNumberCreate, stores: StoresDep, tenant_id: TenantDep
+) -> JsonObject:
+    try:
+        record = await stores.phone_numbers.create(
+            tenant_id,
+            number=body.number,
+            credentials=body.credentials(),
+            name=body.name,
+            assistant_id=body.assistant_id,
+            server=body.server,
+        )
+    except ValueError as exc:
+        raise ApiError(422, [f"number: {exc}"]) from exc
+    except NotFound as exc:
+        raise ApiError(422, [f"assistantId: {exc}"]) from exc
+    except Conflict as exc:
+        raise ApiError(409, str(exc)) from exc
+    return record.to_vapi()
+
+
+@router.get("")
+async def list_phone_numbers(
+    stores: StoresDep, tenant_id: TenantDep, limit: Limit = 100
+) -> list[JsonObject]:
+    return [r.to_vapi() for r in await stores.phone_numbers.list(tenant_id, limit=limit)]
+
+
+@router.get("/{phone_number_id}")
+async def get_phone_number(
+    phone_number_id: str, stores: StoresDep, tenant_id: TenantDep
+) -> JsonObject:
+    record = await stores.phone_numbers.get(tenant_id, phone_number_id)
+    if record is None:
+        raise not_found("phone number")
+    return record.to_vapi()
+
+
+@router.patch("/{phone_number_id}")
+async def update_phone_number(
+    phone_number_id: str, body: PhoneNumberUpdate, stores: StoresDep, tenant_id: TenantDep
+) -> JsonObject:
+    current = await stores.phone_numbers.get(tenant_id, phone_number_id)
+    if current is None:
+        raise not_found("phone number")
+    given = body.model_fields_set
+    secrets = {"twilio_auth_token", "twilio_api_key", "twilio_api_secret"}
+    credentials: TwilioCredentials | Unset = UNSET
+    if given & (secrets | {"twilio_account_sid"}):
+        if not given & secrets:
+            raise ApiError(422, ["twilioAuthToken: changing the account SID needs its secrets"])
+        if body.twilio_account_sid is None:
+            body.twilio_account_sid = current.twilio_account_sid
+        credentials = body.credentials()
+    try:
+        record = await stores.phone_numbers.update(
+            tenant_id,
+            phone_number_id,
+            name=body.name if "name" in given else UNSET,
+            assistant_id=body.assistant_id if "assistant_id" in given else UNSET,
+            server=body.server if "server" in given else UNSET,
+            credentials=credentials,
+        )
+    except NotFound as exc:
+        raise ApiError(422, [f"assistantId: {exc}"]) from exc
+    if record is None:
+        raise not_found("phone number")
+    return record.to_vapi()
+
+
+@router.delete("/{phone_number_id}")
+async def delete_phone_number(
+    phone_number_id: str, stores: StoresDep, tenant_id: TenantDep
+) -> JsonObject:
+    record = await stores.phone_numbers.get(tenant_id, phone_number_id)
+    if record is None or not await stores.phone_numbers.delete(tenant_id, phone_number_id):
+        raise not_found("phone number")
+    return record.to_vapi()
