@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request, Response
 
 from control.state import AppState
 from control.twilio_auth import read_form, webhook_signed
+from storage import CallRecord
 
 __all__ = ["STATUS_PATH", "router"]
 
@@ -19,6 +20,14 @@ log = logging.getLogger("ava.twilio")
 router = APIRouter()
 
 STATUS_PATH = "/twilio/status"
+# Vapi's endedReason for a call Twilio ended before its media stream started.
+_NEVER_CONNECTED = {
+    "busy": "customer-busy",
+    "no-answer": "customer-did-not-answer",
+    "failed": "twilio-failed-to-connect-call",
+    "canceled": "manually-canceled",
+    "completed": "customer-ended-call",
+}
 _FIELDS = ("CallStatus", "CallDuration", "Timestamp", "Direction", "AnsweredBy", "SipResponseCode")
 
 
@@ -29,8 +38,12 @@ async def status_callback(request: Request) -> Response:
     if form is None:
         return Response("webhook body too large", status_code=413)
     numbers = state.stores.phone_numbers
-    # Our number is `To` on an inbound call and `From` on one we placed.
-    number = await numbers.route(form.get("To", "")) or await numbers.route(form.get("From", ""))
+    # Our number is `To` on an inbound call and `From` on one we placed (both may be ours, when
+    # one tenant's number calls another's: Direction says which leg this is).
+    ours, theirs = form.get("To", ""), form.get("From", "")
+    if form.get("Direction", "").startswith("outbound"):
+        ours, theirs = theirs, ours
+    number = await numbers.route(ours) or await numbers.route(theirs)
     if number is None and await numbers.any_imported():
         return Response("unknown number", status_code=404)
     if not await webhook_signed(state, request, form, number):
@@ -46,5 +59,23 @@ async def status_callback(request: Request) -> Response:
     except (KeyError, ValueError):
         sequence = None
     data = {key[0].lower() + key[1:]: form[key] for key in _FIELDS if key in form}
-    await state.stores.calls.add_event(call.id, "twilio-status", data, sequence=sequence)
+    if await state.stores.calls.add_event(call.id, "twilio-status", data, sequence=sequence):
+        await _progress(state, call, form.get("CallStatus", ""))
     return Response(status_code=204)
+
+
+async def _progress(state: AppState, call: CallRecord, twilio_status: str) -> None:
+    """Move a call that has not reached its media stream along, or end it.
+
+    Once the stream has started (in-progress) the session owns the call's end and its reason;
+    Twilio's `completed` then only confirms it. Before that, Twilio is the only witness."""
+    calls = state.stores.calls
+    if twilio_status == "ringing":
+        await calls.advance_status(call.tenant_id, call.id, "ringing")
+        return
+    reason = _NEVER_CONNECTED.get(twilio_status)
+    if reason is None:
+        return
+    current = await calls.get_call(call.tenant_id, call.id, details=False)
+    if current is not None and current.status in ("queued", "ringing"):
+        await calls.finish_call(call.id, reason, f"Twilio call status {twilio_status}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.tables import (
@@ -53,6 +53,7 @@ __all__ = [
 ORPHANED_REASON = "call.in-progress.error-server-restarted"
 
 _MAX_LIMIT = 1000
+_PROGRESS: tuple[CallStatus, ...] = ("queued", "ringing", "in-progress")
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +247,44 @@ class CallStore:
                 .values(status=status)
             )
         return bool(getattr(result, "rowcount", 0))
+
+    async def advance_status(self, tenant_id: str | None, call_id: str, status: CallStatus) -> bool:
+        """Like update_status, but only forward (queued → ringing → in-progress): Twilio's status
+        callbacks arrive out of order, and a late `ringing` must not undo `in-progress`."""
+        if status not in _PROGRESS:
+            raise ValueError(f"not a progress status: {status!r}")
+        earlier = _PROGRESS[: _PROGRESS.index(status)]
+        async with self._sessions() as session, session.begin():
+            result = await session.execute(
+                update(CallRow)
+                .where(_scope(tenant_id), CallRow.id == call_id, CallRow.status.in_(earlier))
+                .values(status=status)
+            )
+        return bool(getattr(result, "rowcount", 0))
+
+    async def set_twilio_sid(self, tenant_id: str | None, call_id: str, call_sid: str) -> bool:
+        """Attach Twilio's CallSid to a call we placed (known once `calls.create` answers)."""
+        async with self._sessions() as session, session.begin():
+            result = await session.execute(
+                update(CallRow)
+                .where(_scope(tenant_id), CallRow.id == call_id)
+                .values(twilio_call_sid=call_sid)
+            )
+        return bool(getattr(result, "rowcount", 0))
+
+    async def delete_call(self, tenant_id: str | None, call_id: str) -> bool:
+        """Delete an ended call and (by cascade) its messages, turns and events."""
+        async with self._sessions() as session, session.begin():
+            row = await session.scalar(
+                select(CallRow).where(_scope(tenant_id), CallRow.id == call_id)
+            )
+            if row is None:
+                return False
+            # Explicit, not left to ON DELETE CASCADE: SQLite enforces it only per connection.
+            for child in (CallMessageRow, CallTurnRow, CallEventRow):
+                await session.execute(delete(child).where(child.call_id == call_id))
+            await session.execute(delete(CallRow).where(CallRow.id == call_id))
+        return True
 
     # --- the call loop's writes (one transaction each; the recorder batches via batch()) --------
 

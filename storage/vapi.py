@@ -61,7 +61,11 @@ def to_vapi(call: CallRecord) -> dict[str, Any]:
         out["phoneCallTransport"] = "pstn"
         if call.twilio_call_sid:
             out["phoneCallProviderId"] = call.twilio_call_sid
-            out["transport"] = {"provider": "twilio", "callSid": call.twilio_call_sid}
+            out["transport"] = {
+                "provider": "twilio",
+                "callSid": call.twilio_call_sid,
+                "statusCallbacks": _status_callbacks(call),
+            }
     barge_ins = sum(1 for e in call.events if e.kind == "barge-in")
     out["messages"] = messages
     out["artifact"] = {
@@ -73,9 +77,19 @@ def to_vapi(call: CallRecord) -> dict[str, Any]:
     out["transcript"] = transcript
     out["costs"] = list(call.costs)
     out["cost"] = round(sum(float(c.get("cost", 0) or 0) for c in call.costs), 6)
-    if call.metadata:
-        out["metadata"] = dict(call.metadata)
+    metadata = dict(call.metadata)
+    if isinstance(metadata.get("assistant"), dict):
+        out["assistant"] = metadata.pop("assistant")  # a transient assistant given to POST /call
+    if metadata:
+        out["metadata"] = metadata
     return out
+
+
+def _status_callbacks(call: CallRecord) -> list[dict[str, Any]]:
+    """Twilio's status callbacks in Twilio's order (SequenceNumber), not arrival order."""
+    events = [e for e in call.events if e.kind == "twilio-status"]
+    events.sort(key=lambda e: (e.sequence is None, e.sequence or 0, e.at))
+    return [{**e.data, "sequenceNumber": e.sequence} for e in events]
 
 
 def _ms(seconds: float) -> int:

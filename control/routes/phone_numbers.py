@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from control.deps import StoresDep, TenantDep
+from control.deps import StateDep, StoresDep, TenantDep
 from control.errors import ApiError, not_found
+from control.outbound import twilio_for
+from control.state import AppState
+from control.twilio_auth import external_url
+from control.twilio_rest import TwilioRestError
+from control.twilio_status import STATUS_PATH
 from storage import UNSET, Conflict, NotFound, TwilioCredentials
 from storage.resources import Unset
 
@@ -19,6 +24,7 @@ router = APIRouter(prefix="/phone-number", tags=["phone numbers"])
 
 JsonObject = dict[str, Any]
 Limit = Annotated[int, Query(ge=1, le=1000)]
+VOICE_PATH = "/twilio/voice"
 
 
 class _Body(BaseModel):
@@ -55,6 +61,28 @@ class PhoneNumberCreate(_Body):
     provider: Literal["twilio"] = "twilio"
     # Vapi's current DTO says `number`; older ones `twilioPhoneNumber`.
     number: str = Field(validation_alias=AliasChoices("number", "twilioPhoneNumber"))
+    # AVA extension. Vapi always repoints the number's voice webhook on import; AVA does it when
+    # asked, since it needs AVA_PUBLIC_URL (or the request's host) to be what Twilio can reach.
+    configure_twilio_webhook: bool = False
+
+
+async def _configure_webhook(state: AppState, request: Request, body: PhoneNumberCreate) -> None:
+    """Point the number's voice URL and status callback at this server, through its account.
+
+    Also proves the credentials: Twilio refuses a wrong token and a number the account lacks."""
+    twilio = twilio_for(state.settings, body.credentials())
+    assert twilio is not None  # credentials() has raised unless they are complete
+    headers, scheme = request.headers, request.url.scheme
+    try:
+        async with twilio:
+            await twilio.configure_number(
+                body.number,
+                external_url(state, headers, scheme, VOICE_PATH, False),
+                external_url(state, headers, scheme, STATUS_PATH, False),
+            )
+    except TwilioRestError as exc:
+        status = 502 if exc.retryable else 400
+        raise ApiError(status, f"Twilio did not configure {body.number}: {exc}") from exc
 
 
 class PhoneNumberUpdate(_Body):
@@ -63,13 +91,19 @@ class PhoneNumberUpdate(_Body):
 
 @router.post("", status_code=201)
 async def import_phone_number(
-    body: PhoneNumberCreate, stores: StoresDep, tenant_id: TenantDep
+    body: PhoneNumberCreate, request: Request, state: StateDep, tenant_id: TenantDep
 ) -> JsonObject:
+    stores = state.stores
+    credentials = body.credentials()
+    if body.configure_twilio_webhook:
+        if await stores.phone_numbers.route(body.number) is not None:
+            raise ApiError(409, f"{body.number} is already imported")  # before touching Twilio
+        await _configure_webhook(state, request, body)
     try:
         record = await stores.phone_numbers.create(
             tenant_id,
             number=body.number,
-            credentials=body.credentials(),
+            credentials=credentials,
             name=body.name,
             assistant_id=body.assistant_id,
             server=body.server,

@@ -51,13 +51,38 @@ async def test_other_tenants_objects_are_404_and_unchanged(api: Api) -> None:
             # An invalid body too: validation must not run (and answer 422) before the 404.
             requests.append(("PATCH", f"/{kind}/{id}", {"model": {"provider": "x"}, "type": ""}))
             requests.append(("DELETE", f"/{kind}/{id}", None))
+    call = ids["call"]
+    requests += [
+        ("POST", f"/call/{call}/control", {"type": "end-call"}),
+        ("POST", f"/call/{call}/control", {"type": "say", "content": "hijacked"}),
+        ("POST", f"/call/{call}/control", {"no": "type"}),  # 404 before the body's 422
+        ("DELETE", f"/call/{call}", None),
+    ]
     for method, path, body in requests:
         theirs = await api.b.request(method, path, json=body)
-        kind = path.split("/")[1]
-        nowhere = await api.b.request(method, f"/{kind}/no-such-id", json=body)
+        kind, id = path.split("/")[1:3]
+        nowhere = await api.b.request(method, path.replace(id, "no-such-id"), json=body)
         assert theirs.status_code == 404, (method, path, theirs.text)
         assert theirs.json() == nowhere.json(), (method, path)
     assert await _snapshot(api, ids) == before
+    assert before["call"]["status"] == "queued"  # so end-call and DELETE would have acted
+
+
+async def test_calls_cannot_be_placed_with_other_tenants_objects(api: Api) -> None:
+    ids = await _a_objects(api)
+    own_assistant = (await api.b.post("/assistant", json=ASSISTANT)).json()["id"]
+    own_number = {**NUMBER, "number": "+14155550197"}
+    own_number_id = (await api.b.post("/phone-number", json=own_number)).json()["id"]
+    customer = {"number": "+15557654321"}
+    for body, field in (
+        ({"assistantId": ids["assistant"], "phoneNumberId": own_number_id}, "assistantId"),
+        ({"assistantId": own_assistant, "phoneNumberId": ids["phone-number"]}, "phoneNumberId"),
+    ):
+        placed = await api.b.post("/call", json={**body, "customer": customer})
+        assert placed.status_code == 422, placed.text
+        assert placed.json()["message"][0].startswith(field)
+    assert (await api.b.get("/call")).json() == []
+    assert len((await api.a.get("/call")).json()) == 1
 
 
 async def test_lists_and_filters_show_only_own_objects(api: Api) -> None:
