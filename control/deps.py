@@ -7,6 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from control.errors import ApiError
+from control.logs import TENANT_ID
+from control.middleware import check_rate_limit
 from control.state import AppState
 from control.stores import Stores
 
@@ -34,6 +36,8 @@ async def current_tenant(request: Request, stores: StoresDep) -> str:
     identity = await stores.tenants.authenticate(key.strip())
     if identity is None:
         raise ApiError(401, "invalid or revoked API key")
+    TENANT_ID.set(identity.tenant_id)  # for the request's log lines; reset by RequestContext
+    await check_rate_limit(request, identity.key_id)
     return identity.tenant_id
 
 

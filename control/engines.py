@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+from control.logs import ContextThreadPool
 from control.providers import (
     CloudAdapters,
     fallback_models,
@@ -82,7 +83,8 @@ class EngineHub:
     def load(cls, settings: Settings) -> EngineHub:
         """Blocking: loads every model (~1–2 s). Call it off the event loop."""
         started = time.perf_counter()
-        executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="ava-infer")
+        # Runs each job in its submitter's context: STT/TTS log lines carry the call id.
+        executor = ContextThreadPool(settings.inference_threads, thread_name_prefix="ava-infer")
         vad: VadModel
         if settings.vad == "webrtc":
             vad = WebRtcVad()

@@ -1,0 +1,205 @@
+"""Prometheus metrics: what the calls' events say, plus how late paced audio leaves.
+
+`Metrics` is an `EventSink` on the app's FanOut and owns its own `CollectorRegistry` (one per
+app, so tests can build many). Frame lateness is measured without the call loop's help: the
+session paces each outbound chunk with `clock.sleep_until(scheduled time)` and then sends it,
+so `pacing()` hands the session a clock that notes how late each of those sleeps woke up and a
+transport that files that lateness when the chunk is sent. The note travels in a context
+variable, which is private to the task that slept, so concurrent calls (and a call's other
+timers) cannot mix their notes up.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from contextvars import ContextVar
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from control.errors import ApiError
+from media.transport import CallTransport, InboundEvent
+from voice.clock import Clock, MonotonicClock
+from voice.events import BargeIn, CallEnded, CallEvent, CallStarted, ProviderFailed, TurnCompleted
+
+__all__ = [
+    "LATENESS_BUCKETS",
+    "LATENCY_BUCKETS",
+    "LatenessClock",
+    "Metrics",
+    "ObservedTransport",
+    "metrics_router",
+]
+
+# Voice turns: tens of ms (our own overhead, a fast TTS) to seconds (endpointing, a slow LLM).
+# The three buckets under 10 ms resolve the server's own share, which budgets at 10–30 ms.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8,
+    1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0,
+)  # fmt: skip
+# Twilio buffers ~200 ms ahead of playout; lateness that eats into that is what matters.
+LATENESS_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.2, 0.5,
+)  # fmt: skip
+STAGES = ("voice_to_voice", "endpointing", "stt", "llm_ttft", "tts_ttfb", "server")
+
+# Lateness of this task's last paced sleep, waiting for the send it released.
+_LATENESS: ContextVar[float | None] = ContextVar("ava_pacing_lateness", default=None)
+
+
+class Metrics:
+    def __init__(self, live_calls: Callable[[], int] | None = None) -> None:
+        self.registry = r = CollectorRegistry()
+        self.active_calls = Gauge("ava_active_calls", "Calls live in this process", registry=r)
+        if live_calls is not None:
+            # Read at scrape time from the call manager: exact, whatever path a call ended by.
+            self.active_calls.set_function(lambda: float(live_calls()))
+        self.calls_started = Counter(
+            "ava_calls_started", "Calls started", ["transport"], registry=r
+        )
+        self.calls_ended = Counter(
+            "ava_calls_ended", "Calls ended, by Vapi endedReason", ["reason"], registry=r
+        )
+        self.turns = Counter("ava_turns", "Assistant turns completed", ["interrupted"], registry=r)
+        self.turn_latency = Histogram(
+            "ava_turn_latency_seconds",
+            "Per-turn latency by stage (see voice.events.TurnLatency)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.barge_ins = Counter("ava_barge_ins", "Caller barge-ins", registry=r)
+        self.provider_errors = Counter(
+            "ava_provider_errors",
+            "Provider failures, by provider, stage and whether retryable",
+            ["provider", "stage", "retryable"],
+            registry=r,
+        )
+        self.frame_lateness = Histogram(
+            "ava_outbound_frame_lateness_seconds",
+            "How long after its pacing schedule each outbound audio chunk was released",
+            buckets=LATENESS_BUCKETS,
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "ava_rate_limited_requests", "API requests refused by the per-key rate limit",
+            registry=r,
+        )  # fmt: skip
+        self.rate_limiter_errors = Counter(
+            "ava_rate_limiter_errors",
+            "Rate-limit checks that failed (Redis unreachable); those requests were let through",
+            registry=r,
+        )
+        self.bodies_too_large = Counter(
+            "ava_request_body_too_large", "Requests refused with 413", registry=r
+        )
+        for stage in STAGES:  # exported at zero before the first turn, so rate() has a base
+            self.turn_latency.labels(stage=stage)
+
+    def emit(self, event: CallEvent) -> None:
+        if isinstance(event, TurnCompleted):
+            self.turns.labels(interrupted=str(event.interrupted).lower()).inc()
+            if event.latency is not None:
+                for stage in STAGES:
+                    seconds = getattr(event.latency, stage)
+                    self.turn_latency.labels(stage=stage).observe(max(0.0, seconds))
+        elif isinstance(event, BargeIn):
+            self.barge_ins.inc()
+        elif isinstance(event, ProviderFailed):
+            self.provider_errors.labels(
+                provider=event.provider,
+                stage=event.stage,
+                retryable=str(event.retryable).lower(),
+            ).inc()
+        elif isinstance(event, CallStarted):
+            self.calls_started.labels(transport=event.transport).inc()
+        elif isinstance(event, CallEnded):
+            self.calls_ended.labels(reason=str(event.reason)).inc()
+
+    def pacing(
+        self, transport: CallTransport, clock: Clock | None = None
+    ) -> tuple[LatenessClock, ObservedTransport]:
+        """A clock and transport for one session that record its outbound frames' lateness."""
+        return (
+            LatenessClock(clock or MonotonicClock()),
+            ObservedTransport(transport, self.frame_lateness.observe),
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class LatenessClock:
+    """A `Clock` that notes, for the task that slept, how late `sleep_until` returned: after the
+    deadline, or after the call if the deadline had already passed (the chunk was due at once)."""
+
+    def __init__(self, inner: Clock) -> None:
+        self._inner = inner
+
+    def now(self) -> float:
+        return self._inner.now()
+
+    async def sleep_until(self, deadline: float) -> None:
+        due = max(deadline, self._inner.now())
+        await self._inner.sleep_until(deadline)
+        _LATENESS.set(max(0.0, self._inner.now() - due))
+
+
+class ObservedTransport:
+    """A `CallTransport` that files the sending task's last sleep lateness with each chunk of
+    audio it sends. A chunk not released by a paced sleep records nothing."""
+
+    def __init__(self, inner: CallTransport, observe: Callable[[float], None]) -> None:
+        self.inner = inner
+        self.kind = inner.kind
+        self._observe = observe
+
+    async def send_audio(self, audio: bytes) -> None:
+        lateness = _LATENESS.get()
+        if lateness is not None:
+            _LATENESS.set(None)
+            self._observe(lateness)
+        await self.inner.send_audio(audio)
+
+    async def receive(self) -> InboundEvent:
+        return await self.inner.receive()
+
+    async def send_mark(self, name: str) -> None:
+        await self.inner.send_mark(name)
+
+    async def send_clear(self) -> None:
+        await self.inner.send_clear()
+
+    async def close(self, reason: str) -> None:
+        await self.inner.close(reason)
+
+
+metrics_router = APIRouter()
+
+
+@metrics_router.get("/metrics", include_in_schema=False)
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus text format. With `AVA_METRICS_TOKEN` set, only for `Authorization: Bearer
+    <token>`; without one, open in dev mode and refused otherwise (call volumes, error rates and
+    provider names are not for the public internet, which the Twilio webhooks face)."""
+    settings = request.app.state.ava.settings
+    expected: str = settings.metrics_token.get_secret_value()
+    if expected:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        ok = scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), expected.encode()
+        )
+        if not ok:
+            raise ApiError(401, "send the metrics token: `Authorization: Bearer <token>`")
+    elif not settings.dev_mode:
+        raise ApiError(403, "metrics are off: set AVA_METRICS_TOKEN and scrape with it")
+    metrics: Metrics = request.app.state.metrics
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
