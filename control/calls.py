@@ -14,6 +14,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from control.logs import bound
 from voice.events import (
     BargeIn,
     CallEnded,
@@ -21,6 +22,7 @@ from voice.events import (
     CallStarted,
     MessageAdded,
     ProviderFailed,
+    ToolCallFailed,
     TurnCompleted,
 )
 from voice.session import CallSession
@@ -102,6 +104,7 @@ class CallManager:
                     "secondsFromStart": round(event.at, 3),
                     "duration": round(event.duration, 3),
                     "interrupted": event.interrupted,
+                    **_tool_fields(event),
                 }
             )
         elif isinstance(event, TurnCompleted):
@@ -122,6 +125,8 @@ class CallManager:
                     "heard": event.heard_text,
                 }
             )
+        elif isinstance(event, ToolCallFailed):
+            record.errors.append({"stage": "tool", **asdict(event)})
         elif isinstance(event, ProviderFailed):
             record.errors.append(asdict(event))
         elif isinstance(event, CallEnded):
@@ -137,7 +142,9 @@ class CallManager:
         self.live[session.call_id] = session
         self._idle.clear()
         try:
-            return await session.run()
+            # Every line the call logs, in any of its tasks, carries its id (control/logs.py).
+            with bound(call_id=session.call_id, tenant_id=session.metadata.get("tenant_id")):
+                return await session.run()
         finally:
             self.live.pop(session.call_id, None)
             if not self.live:
@@ -161,3 +168,12 @@ class CallManager:
         except TimeoutError:
             return False
         return True
+
+
+def _tool_fields(event: MessageAdded) -> dict[str, Any]:
+    """Vapi's extra fields on `tool_calls` / `tool_call_result` messages."""
+    if event.role == "tool_calls":
+        return {"toolCalls": list(event.tool_calls)}
+    if event.role == "tool_call_result":
+        return {"toolCallId": event.tool_call_id, "name": event.name, "result": event.content}
+    return {}

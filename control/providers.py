@@ -13,13 +13,14 @@ whole voice / transcriber).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from control.settings import Settings
-from voice.assistant import ModelConfig, TranscriberConfig, VoiceConfig
+from storage import ToolStore
+from voice.assistant import Assistant, ModelConfig, TranscriberConfig, VoiceConfig
 from voice.errors import ConfigError
 from voice.ports import LanguageModel, SpeechToText, TextToSpeech
 from voice.providers import (
@@ -30,6 +31,8 @@ from voice.providers import (
     OpenAiTts,
     StageTimeouts,
 )
+from voice.server_messages import ServerTarget
+from voice.tools import ToolSet
 
 __all__ = [
     "CLOUD_MODELS",
@@ -40,6 +43,7 @@ __all__ = [
     "fallback_transcribers",
     "fallback_voices",
     "openai_tools",
+    "resolve_tools",
 ]
 
 CLOUD_MODELS = frozenset({"openai", "custom-llm", "groq", "together-ai", "deepinfra"})
@@ -51,24 +55,34 @@ C = TypeVar("C", ModelConfig, VoiceConfig, TranscriberConfig)
 
 
 def openai_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Vapi `function` tools in OpenAI's tool schema (built-in tool types are not sent)."""
-    converted: list[dict[str, Any]] = []
-    for index, tool in enumerate(tools):
-        if tool.get("type") != "function":
-            continue
-        function = tool.get("function")
-        if not isinstance(function, Mapping) or not function.get("name"):
-            raise ConfigError(f"model.tools[{index}]: a function tool needs function.name")
-        spec: dict[str, Any] = {"name": str(function["name"])}
-        if function.get("description"):
-            spec["description"] = str(function["description"])
-        spec["parameters"] = dict(
-            function.get("parameters") or {"type": "object", "properties": {}}
-        )
-        if function.get("strict") is not None:
-            spec["strict"] = bool(function["strict"])
-        converted.append({"type": "function", "function": spec})
-    return converted
+    """Vapi tools as OpenAI's `tools`: function tools, plus `endCall` and `transferCall` as
+    functions the model can call (other built-in types are not offered)."""
+    return [dict(t) for t in ToolSet.from_model(ModelConfig(tools=tools)).schemas]
+
+
+async def resolve_tools(assistant: Assistant, tenant_id: str | None, store: ToolStore) -> Assistant:
+    """The assistant for one call with `model.toolIds` resolved into `model.tools` (the tenant's
+    stored tools) and every tool and server config checked, so the session gets a complete,
+    usable list. Raises ConfigError naming what is wrong."""
+    model = assistant.model
+    tools = list(model.tools)
+    if model.tool_ids:
+        if tenant_id is None:
+            raise ConfigError("model.toolIds needs a tenant's stored tools; use model.tools")
+        for tool_id in model.tool_ids:
+            record = await store.get(tenant_id, tool_id)
+            if record is None:
+                raise ConfigError(f"model.toolIds: tool {tool_id} does not exist")
+            tools.append(dict(record.config))
+    resolved = assistant.model_copy(
+        update={"model": model.model_copy(update={"tools": tools, "tool_ids": []})}
+    )
+    ToolSet.from_model(resolved.model)
+    try:
+        ServerTarget.from_config(resolved.server)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return resolved
 
 
 def _entries(plan: dict[str, Any] | None, field: str, owner: str) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ from voice.events import (
     CallStarted,
     MessageAdded,
     ProviderFailed,
+    ToolCallFailed,
     TurnCompleted,
 )
 
@@ -36,7 +37,9 @@ __all__ = ["CallRecorder"]
 
 log = logging.getLogger("ava.storage.recorder")
 
-_RECORDED = (CallStarted, MessageAdded, TurnCompleted, BargeIn, ProviderFailed, CallEnded)
+_RECORDED = (
+    CallStarted, MessageAdded, TurnCompleted, BargeIn, ProviderFailed, ToolCallFailed, CallEnded,
+)  # fmt: skip
 _MAX_TRACKED_CALLS = 10_000  # bound on per-call memory if CallEnded events go missing
 
 
@@ -211,6 +214,9 @@ class CallRecorder:
                 seconds_from_start=event.at,
                 duration=event.duration,
                 interrupted=event.interrupted,
+                tool_calls=list(event.tool_calls) or None,
+                tool_call_id=event.tool_call_id,
+                name=event.name,
             )
         elif isinstance(event, TurnCompleted):
             await w.add_turn(
@@ -234,6 +240,14 @@ class CallRecorder:
                 "retryable": event.retryable,
             }
             await w.add_event(call_id, "provider-failed", data, at=at)
+        elif isinstance(event, ToolCallFailed):
+            data = {
+                "secondsFromStart": event.at,
+                "toolCallId": event.tool_call_id,
+                "name": event.name,
+                "error": event.error,
+            }
+            await w.add_event(call_id, "tool-call-failed", data, at=at)
         elif isinstance(event, CallEnded):
             if event.summary:
                 await w.add_event(call_id, "summary", dict(event.summary), at=at)

@@ -18,6 +18,7 @@ from pydantic.alias_generators import to_camel
 from voice.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_SERVER_MESSAGES",
     "Assistant",
     "KeywordRule",
     "ModelConfig",
@@ -37,6 +38,12 @@ DEFAULT_ACKNOWLEDGEMENTS = [
 DEFAULT_INTERRUPTIONS = [
     "stop", "shut", "up", "enough", "quiet", "silence", "but", "dont", "not", "no", "hold", "wait",
     "cut", "pause", "nope", "nah", "nevermind", "never", "bad", "actually",
+]  # fmt: skip
+# Vapi's default `serverMessages`: the webhooks sent unless the assistant lists its own.
+DEFAULT_SERVER_MESSAGES = [
+    "conversation-update", "end-of-call-report", "function-call", "hang", "speech-update",
+    "status-update", "tool-calls", "transfer-destination-request",
+    "handoff-destination-request", "user-interrupted", "assistant.started",
 ]  # fmt: skip
 
 
@@ -151,6 +158,7 @@ class Assistant(_Vapi):
     server: dict[str, Any] | None = Field(
         default=None, validation_alias=AliasChoices("server", "serverUrl")
     )
+    server_messages: list[str] = Field(default_factory=lambda: list(DEFAULT_SERVER_MESSAGES))
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")

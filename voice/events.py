@@ -19,6 +19,7 @@ __all__ = [
     "ProviderFailed",
     "SpeechStarted",
     "SpeechStopped",
+    "ToolCallFailed",
     "TranscriptReceived",
     "TurnCompleted",
     "TurnLatency",
@@ -75,7 +76,9 @@ class TurnLatency:
 
 @dataclass(frozen=True, slots=True)
 class MessageAdded:
-    """A message joined the conversation (Vapi's `messages`: user/bot/system/tool)."""
+    """A message joined the conversation (Vapi's `messages` roles: user, bot, system,
+    `tool_calls` (with `tool_calls` in OpenAI's shape) and `tool_call_result` (with
+    `tool_call_id` and `name`; `content` is the result))."""
 
     call_id: str
     at: float
@@ -83,6 +86,9 @@ class MessageAdded:
     content: str
     duration: float = 0.0
     interrupted: bool = False
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +121,18 @@ class ProviderFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallFailed:
+    """A tool call did not produce a result (timeout, HTTP error, unreadable answer, a transfer
+    the telephony side refused). The model was told; the call went on."""
+
+    call_id: str
+    at: float
+    tool_call_id: str
+    name: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class CallEnded:
     call_id: str
     at: float
@@ -132,5 +150,6 @@ CallEvent = (
     | MessageAdded
     | BargeIn
     | ProviderFailed
+    | ToolCallFailed
     | CallEnded
 )

@@ -8,17 +8,22 @@ A `CallSession` knows nothing about Twilio, WebRTC, Deepgram or Piper: it sees a
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from voice.events import CallEvent
 from voice.types import ChatMessage, LlmDelta, Transcript, TtsChunk
 
 __all__ = [
+    "DEFAULT_TRANSFER_MESSAGE",
+    "CallControl",
+    "CallControlError",
     "EventSink",
     "LanguageModel",
     "SpeechToText",
     "SttStream",
     "TextToSpeech",
+    "TransferDestination",
     "TurnDetector",
     "VadModel",
     "VadStream",
@@ -98,3 +103,39 @@ class EventSink(Protocol):
     keeps its own bounded buffer and counts what it drops."""
 
     def emit(self, event: CallEvent) -> None: ...
+
+
+# --- telephony control -------------------------------------------------------------------------
+
+DEFAULT_TRANSFER_MESSAGE = "Transferring the call now"  # Vapi's default
+
+
+@dataclass(frozen=True, slots=True)
+class TransferDestination:
+    """Vapi's `TransferDestinationNumber`: where `transferCall` sends the caller."""
+
+    number: str  # E.164
+    message: str = DEFAULT_TRANSFER_MESSAGE  # said before the transfer; "" = silent
+    extension: str | None = None
+    caller_id: str | None = None
+    description: str = ""
+
+
+class CallControlError(Exception):
+    """The telephony side could not do what was asked (the call itself is still up)."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class CallControl(Protocol):
+    """What the call loop may ask of the telephony provider about the live call.
+
+    The voice layer never knows it is Twilio; `control.call_control` implements this."""
+
+    async def transfer(self, destination: TransferDestination) -> None:
+        """Redirect the live call to `destination`. Raises CallControlError."""
+        ...
+
+    async def aclose(self) -> None: ...

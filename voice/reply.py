@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from voice.chunking import PhraseChunker
 from voice.clock import Clock
 from voice.ports import LanguageModel, TextToSpeech
-from voice.types import SAMPLE_RATE, ChatMessage, WordTiming
+from voice.types import SAMPLE_RATE, ChatMessage, ToolCall, WordTiming
 
 __all__ = ["Reply", "ReplyTimings"]
 
@@ -51,6 +51,10 @@ class Reply:
     done: bool = False  # all audio produced
     is_greeting: bool = False
     committed_at: float | None = None  # when the caller's turn was confirmed
+    # With tools: how much of `text` the history already holds (in tool-call messages), and
+    # whether any tool ran (the record then shows what was said, fillers included).
+    text_in_history: int = 0
+    used_tools: bool = False
 
     def release(self) -> None:
         self.released.set()
@@ -69,9 +73,18 @@ class Reply:
         self, llm: LanguageModel, tts: TextToSpeech, messages: Sequence[ChatMessage]
     ) -> None:
         """Stream the LLM's answer phrase by phrase into TTS. Raises ProviderError."""
+        await self.produce_round(llm, tts, messages)
+        await self.finish()
+
+    async def produce_round(
+        self, llm: LanguageModel, tts: TextToSpeech, messages: Sequence[ChatMessage]
+    ) -> tuple[ToolCall, ...]:
+        """One LLM response spoken (the audio stays open); returns the tool calls it made."""
         clock = self.clock
         chunker = PhraseChunker()
-        self.timings.llm_start = clock.now()
+        calls: tuple[ToolCall, ...] = ()
+        if self.timings.llm_start is None:
+            self.timings.llm_start = clock.now()
         async for delta in llm.stream(messages):
             if delta.text:
                 if self.timings.llm_first_token is None:
@@ -79,6 +92,10 @@ class Reply:
                 self.text += delta.text
                 for phrase in chunker.push(delta.text):
                     await self.speak(tts, phrase)
+            if delta.tool_calls:
+                if self.timings.llm_first_token is None:
+                    self.timings.llm_first_token = clock.now()
+                calls += delta.tool_calls
             if delta.prompt_tokens is not None:
                 self.timings.prompt_tokens += delta.prompt_tokens
             if delta.completion_tokens is not None:
@@ -86,7 +103,7 @@ class Reply:
         rest = chunker.flush()
         if rest:
             await self.speak(tts, rest)
-        await self.finish()
+        return calls
 
     async def speak(self, tts: TextToSpeech, phrase: str) -> None:
         clock = self.clock

@@ -15,6 +15,14 @@ is retried once, then the assistant's fallbacks are tried, skipping providers wh
 breaker (`voice.breaker`, shared per process) is open; a transcriber that fails moves the stream to
 the fallback transcriber. Every failure is a `ProviderFailed` event. Only when a stage has nothing
 left does the caller hear the cached apology, and the call ends with that stage's pipeline error.
+
+With tools (`voice.tool_turns`) a reply may run them and ask the model again; `endCall` and
+`transferCall` end the call once their last words have been heard (`CallControl` redirects a
+transferred call), with `assistant-ended-call` / `assistant-forwarded-call`.
+
+Its parts: `voice.transcriber` (audio to the STT, failover), `voice.playout` (paced, marked
+audio out), `voice.reply_record` (what was heard into the history and the record),
+`voice.turn_model` (smart-turn off the loop), `voice.session_config` (engines, options).
 """
 
 from __future__ import annotations
@@ -22,13 +30,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Executor
-from dataclasses import dataclass, field
 
 from media.g711 import ulaw_to_pcm16
-from media.pacing import Pacer, PlayoutTracker
 from media.transport import (
     AudioReceived,
     CallTransport,
@@ -38,9 +41,8 @@ from media.transport import (
     TransportClosed,
 )
 from voice.assistant import Assistant
-from voice.breaker import BreakerBoard
 from voice.clock import Clock, MonotonicClock
-from voice.errors import ProviderError, ProviderTimeout
+from voice.errors import ProviderError
 from voice.events import (
     BargeIn,
     CallEnded,
@@ -50,31 +52,38 @@ from voice.events import (
     ProviderFailed,
     SpeechStarted,
     SpeechStopped,
+    ToolCallFailed,
     TranscriptReceived,
-    TurnCompleted,
 )
 from voice.fallback import (
-    FailoverPlan,
     FallbackLlm,
     FallbackTts,
     ProvidersExhausted,
     Stage,
     candidates,
 )
-from voice.greeting import GreetingCache
-from voice.history import Conversation, heard_text
-from voice.latency import turn_latency
+from voice.history import Conversation
 from voice.phrases import find_end_call_phrase
+from voice.playout import Playing, Playout
 from voice.ports import (
+    CallControl,
+    CallControlError,
     EventSink,
-    LanguageModel,
-    SpeechToText,
-    SttStream,
-    TextToSpeech,
-    TurnDetector,
-    VadModel,
 )
 from voice.reply import Reply
+from voice.reply_record import ReplyRecorder
+from voice.server_messages import tool_context
+from voice.session_config import (
+    APOLOGY,
+    FAILED_REASONS,
+    TRANSFER_FAILED,
+    Engines,
+    SessionOptions,
+    turn_config,
+)
+from voice.tool_turns import Handoff, ToolTurns
+from voice.transcriber import TranscriberFeed
+from voice.turn_model import TurnModelRunner
 from voice.turns import (
     CancelSpeculation,
     CommitTurn,
@@ -86,83 +95,18 @@ from voice.turns import (
     RunTurnModel,
     Speculate,
     TurnAction,
-    TurnConfig,
     TurnState,
     TurnTaker,
 )
-from voice.types import FRAME_SECONDS, SAMPLE_RATE, ChatMessage, EndedReason
+from voice.types import ChatMessage, EndedReason, Transcript
 
 __all__ = ["APOLOGY", "CallSession", "Engines", "SessionOptions"]
 
 log = logging.getLogger("ava.call")
 
-# Said (from the greeting cache) when no provider of a stage is left, just before hanging up.
-APOLOGY = "Sorry, I'm having trouble right now. Please call back later."
-
-_FAILED_REASONS: dict[Stage, EndedReason] = {
-    "stt": EndedReason.PIPELINE_ERROR_STT,
-    "llm": EndedReason.PIPELINE_ERROR_LLM,
-    "tts": EndedReason.PIPELINE_ERROR_TTS,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class SessionOptions:
-    playout_chunk_seconds: float = 0.1  # audio per media message (and per mark)
-    max_ahead_seconds: float = 0.2  # queued at the far end beyond the playback clock
-    stt_connect_timeout: float = 5.0
-    turn_model_seconds: float = 8.0  # caller audio the turn model sees
-    timer_seconds: float = 0.1  # coarse timer for when inbound frames stop arriving
-    prebuffer_frames: int = 150  # caller audio kept while the STT connects (3 s; oldest dropped)
-
-
-@dataclass(slots=True)
-class Engines:
-    """What a call runs on. Engines are shared by calls; streams are per call."""
-
-    stt: SpeechToText
-    llm: LanguageModel
-    tts: TextToSpeech
-    vad: VadModel
-    turn_detector: TurnDetector | None
-    greetings: GreetingCache
-    executor: Executor | None = None  # for the turn model; None: the loop's default
-    # Tried in order when the primary fails (after one retry): the assistant's fallback plans.
-    stt_fallbacks: Sequence[SpeechToText] = ()
-    llm_fallbacks: Sequence[LanguageModel] = ()
-    tts_fallbacks: Sequence[TextToSpeech] = ()
-    # Per provider per process when the engine source shares one board across calls.
-    breakers: BreakerBoard = field(default_factory=BreakerBoard)
-    # Releases the per-call adapters (sockets, HTTP pools) when the call ends.
-    closers: Sequence[Callable[[], Awaitable[None]]] = ()
-
-
-@dataclass(slots=True)
-class _Playing:
-    reply: Reply
-    tracker: PlayoutTracker
-    first_sent: float | None = None
-    all_played: asyncio.Event = field(default_factory=asyncio.Event)
-
 
 class _CallOver(Exception):
     """Raised inside the TaskGroup to cancel every task once the call has ended."""
-
-
-def _turn_config(assistant: Assistant, has_turn_model: bool, vad_window: float) -> TurnConfig:
-    start, stop = assistant.start_speaking_plan, assistant.stop_speaking_plan
-    return TurnConfig(
-        vad_silence_seconds=start.vad_silence_seconds,
-        vad_window_seconds=vad_window,
-        turn_threshold=start.smart_turn_threshold,
-        incomplete_timeout=start.transcription_endpointing_plan.on_no_punctuation_seconds,
-        use_turn_model=has_turn_model,
-        speculative=start.speculative,
-        voice_seconds=stop.voice_seconds,
-        num_words=stop.num_words,
-        acknowledgement_phrases=tuple(stop.acknowledgement_phrases),
-        interruption_phrases=tuple(stop.interruption_phrases),
-    )
 
 
 class CallSession:
@@ -177,6 +121,7 @@ class CallSession:
         clock: Clock | None = None,
         options: SessionOptions | None = None,
         metadata: dict[str, str] | None = None,
+        call_control: CallControl | None = None,
     ) -> None:
         self.call_id = call_id
         self.assistant = assistant
@@ -188,32 +133,58 @@ class CallSession:
         self.metadata = metadata or {}
         self.history = Conversation(assistant.model)
         self.turns = TurnTaker(
-            _turn_config(assistant, engines.turn_detector is not None, engines.vad.window_seconds)
+            turn_config(assistant, engines.turn_detector is not None, engines.vad.window_seconds)
         )
         self.ended: CallEnded | None = None
         self._t0 = 0.0
         self._ended = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
-        self._stt: SttStream | None = None
-        self._prebuffer: deque[bytes] = deque(maxlen=self.options.prebuffer_frames)
-        frames = int(self.options.turn_model_seconds / FRAME_SECONDS)
-        self._caller_pcm: deque[bytes] = deque(maxlen=frames)
+        self._turn_model = TurnModelRunner(
+            engines.turn_detector,
+            engines.executor,
+            call_id=call_id,
+            seconds=self.options.turn_model_seconds,
+            on_verdict=self._on_turn_verdict,
+        )
         self._vad = engines.vad.stream()
-        self._pacer = Pacer(self.options.max_ahead_seconds)
-        self._playout_lock = asyncio.Lock()
-        self._output_open = asyncio.Event()
-        self._output_open.set()
-        self._playing: _Playing | None = None
+        self._playout = Playout(
+            transport,
+            self.clock,
+            chunk_seconds=self.options.playout_chunk_seconds,
+            max_ahead_seconds=self.options.max_ahead_seconds,
+        )
+        self._records = ReplyRecorder(call_id, self.history, self._emit)
         self._reply_tasks: dict[Reply, asyncio.Task[None]] = {}
         self._speculative: Reply | None = None
         self._replies = 0
         self._commits: dict[Reply, CommitTurn] = {}
-        self._turn_requests: asyncio.Queue[RunTurnModel] = asyncio.Queue(maxsize=1)
         self._last_activity = 0.0
         self._caller_speaking = False
         self._backoff_until = 0.0
         self._giving_up = False  # a stage has no provider left: apologise, then end
         self._ending: dict[Reply, tuple[EndedReason, str]] = {}
+        self._handoffs: dict[Reply, Handoff] = {}
+        self.call_control = call_control
+        self._tool_turns = ToolTurns.for_assistant(
+            assistant,
+            call_id=call_id,
+            history=self.history,
+            emit=self._emit,
+            since_start=self._since_start,
+            finalize=self._end_after,
+            call_control=call_control,
+            context=lambda: tool_context(call_id, self.metadata, assistant, self.history),
+        )
+        self._stt = TranscriberFeed(
+            call_id=call_id,
+            engines=engines,
+            clock=self.clock,
+            connect_timeout=self.options.stt_connect_timeout,
+            prebuffer_frames=self.options.prebuffer_frames,
+            on_result=self._on_transcript,
+            on_failure=self._on_provider_failure,
+            ended=self._ended,
+        )
         breakers = engines.breakers
         self._llm = FallbackLlm(
             candidates("llm", engines.llm, engines.llm_fallbacks),
@@ -272,19 +243,24 @@ class CallSession:
         tg.create_task(self._receive_loop())
         tg.create_task(self._playout_idle_timer())
         self._start_greeting()
-        tg.create_task(self._connect_stt())
-        tg.create_task(self._turn_model_loop())
+        tg.create_task(self._transcribe())
+        tg.create_task(self._turn_model.run())
         await self._ended.wait()
         raise _CallOver
 
     async def _cleanup(self) -> None:
         assert self.ended is not None
-        playing = self._playing
+        playing = self._playout.playing
         if playing is not None and playing.first_sent is not None:
             # The caller hung up mid-reply: keep what they heard.
             self._record_reply(playing, interrupted=True, now=self.clock.now())
-        if self._stt is not None:
-            await self._close_stt(self._stt)
+        await self._stt.aclose()
+        await self._tool_turns.runner.aclose()
+        if self.call_control is not None:
+            try:
+                await self.call_control.aclose()
+            except CallControlError as exc:
+                log.warning("call %s: closing call control failed: %s", self.call_id, exc)
         for close in self.engines.closers:
             try:
                 await close()
@@ -296,65 +272,28 @@ class CallSession:
             pass
         self.ended = CallEnded(
             self.call_id, self._since_start(), self.ended.reason, self.ended.detail,
-            {"messages": [m.to_openai() for m in self.history.messages()]},
+            {
+                "messages": [m.to_openai() for m in self.history.messages()],
+                "usage": dict(self._records.usage),
+            },
         )  # fmt: skip
         self._emit(self.ended)
         log.info("call %s ended: %s %s", self.call_id, self.ended.reason.value, self.ended.detail)
 
     # --- inbound -----------------------------------------------------------------------------
 
-    async def _connect_stt(self) -> None:
-        """Connect the transcriber; on failure retry once, then the fallback transcribers."""
-        engines = self.engines
-        plan = FailoverPlan(candidates("stt", engines.stt, engines.stt_fallbacks), engines.breakers)
-        last: ProviderError | None = None
-        while (candidate := plan.next(self.clock.now())) is not None:
-            seconds = self.options.stt_connect_timeout
-            try:
-                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow the call's own
-                # cancellation when the connect completes in the same tick, leaving a live task.
-                async with asyncio.timeout(seconds):
-                    stream = await candidate.engine.connect()
-            except ProviderError as exc:
-                error = exc
-            except TimeoutError:
-                error = ProviderTimeout(candidate.engine.name, "connect", seconds)
-            else:
-                failure = await self._run_stt(stream, candidate.engine.name)
-                if failure is None:
-                    return  # the call is over
-                # Mid-call: the adapter has already reconnected on its own; move on.
-                plan.failed(candidate, failure, self.clock.now(), retry=False)
-                self._on_provider_failure("stt", candidate.key, failure)
-                last = failure
-                continue
-            plan.failed(candidate, error, self.clock.now())
-            self._on_provider_failure("stt", candidate.key, error)
-            last = error
-        self._give_up("stt", ProvidersExhausted("stt", last))
+    async def _transcribe(self) -> None:
+        exhausted = await self._stt.run()
+        if exhausted is not None:
+            self._give_up("stt", exhausted)
 
-    async def _run_stt(self, stream: SttStream, name: str) -> ProviderError | None:
-        """Feed and read one STT stream until it fails (returned) or the call ends (None)."""
-        try:
-            while self._prebuffer:
-                await stream.send_audio(self._prebuffer.popleft())
-            self._stt = stream
-            await self._transcript_loop(stream)
-        except ProviderError as exc:
-            error = exc
-        else:
-            if self._ended.is_set():
-                return None
-            error = ProviderError(name, "stream ended", retryable=True)
-        self._stt = None  # caller audio goes to the prebuffer until the next stream is up
-        await self._close_stt(stream)
-        return error
-
-    async def _close_stt(self, stream: SttStream) -> None:
-        try:
-            await stream.aclose()
-        except ProviderError as exc:
-            log.warning("call %s: closing STT failed: %s", self.call_id, exc)
+    async def _on_transcript(self, result: Transcript) -> None:
+        now = self.clock.now()
+        if result.text:
+            self._emit(
+                TranscriptReceived(self.call_id, now - self._t0, result.text, result.is_final)
+            )
+        await self._apply(self.turns.transcript(result, now), now)
 
     async def _receive_loop(self) -> None:
         transport = self.transport
@@ -372,7 +311,7 @@ class CallSession:
             if isinstance(event, AudioReceived):
                 await self._on_audio(event.audio)
             elif isinstance(event, MarkReceived):
-                self._on_mark(event.name)
+                self._playout.on_mark(event.name)
             elif isinstance(event, StreamStopped):
                 self._finish(EndedReason.CUSTOMER_ENDED_CALL, "stream stopped")
                 return
@@ -382,18 +321,9 @@ class CallSession:
     async def _on_audio(self, audio: bytes) -> None:
         """The per-frame hot path: STT, VAD, turn timers."""
         now = self.clock.now()
-        stt = self._stt
-        if stt is None:
-            self._prebuffer.append(audio)
-        else:
-            try:
-                await stt.send_audio(audio)
-            except ProviderError:
-                # The stream has failed: its transcript loop reports it and moves to the
-                # fallback, which gets this audio from the prebuffer.
-                self._prebuffer.append(audio)
+        await self._stt.send(audio)
         pcm = ulaw_to_pcm16(audio)
-        self._caller_pcm.append(pcm)
+        self._turn_model.add_audio(pcm)
         probability = self._vad.process(pcm)
         if probability is not None:
             if probability >= self.turns.config.vad_threshold:
@@ -411,36 +341,9 @@ class CallSession:
             event = SpeechStarted if speaking else SpeechStopped
             self._emit(event(self.call_id, now - self._t0))
 
-    async def _transcript_loop(self, stream: SttStream) -> None:
-        """Raises ProviderError when the stream fails."""
-        async for result in stream.transcripts():
-            now = self.clock.now()
-            if result.text:
-                self._emit(
-                    TranscriptReceived(self.call_id, now - self._t0, result.text, result.is_final)
-                )
-            await self._apply(self.turns.transcript(result, now), now)
-
-    async def _turn_model_loop(self) -> None:
-        detector = self.engines.turn_detector
-        if detector is None:
-            return
-        loop = asyncio.get_running_loop()
-        while True:
-            request = await self._turn_requests.get()
-            pcm = b"".join(self._caller_pcm)
-            try:
-                probability = await loop.run_in_executor(
-                    self.engines.executor, detector.completion_probability, pcm, SAMPLE_RATE
-                )
-            except ProviderError as exc:
-                # Degrade, don't fail: without a verdict the incomplete-timeout ends the turn.
-                log.warning("call %s: turn model failed: %s", self.call_id, exc)
-                continue
-            now = self.clock.now()
-            await self._apply(
-                self.turns.turn_model_result(probability, request.speech_end, now), now
-            )
+    async def _on_turn_verdict(self, probability: float, request: RunTurnModel) -> None:
+        now = self.clock.now()
+        await self._apply(self.turns.turn_model_result(probability, request.speech_end, now), now)
 
     async def _playout_idle_timer(self) -> None:
         """Timers that must fire even if inbound frames stop: durations and turn deadlines."""
@@ -450,7 +353,7 @@ class CallSession:
             if now - self._t0 >= assistant.max_duration_seconds:
                 self._finish(EndedReason.EXCEEDED_MAX_DURATION)
                 return
-            if self._playing is not None:
+            if self._playout.playing is not None:
                 self._last_activity = now
             elif now - self._last_activity >= assistant.silence_timeout_seconds:
                 self._finish(EndedReason.SILENCE_TIMED_OUT)
@@ -465,12 +368,9 @@ class CallSession:
     async def _apply(self, actions: list[TurnAction], now: float) -> None:
         for action in actions:
             if isinstance(action, FinalizeStt):
-                if self._stt is not None:
-                    await self._stt.finalize()
+                await self._stt.finalize()
             elif isinstance(action, RunTurnModel):
-                if self._turn_requests.full():  # a newer question supersedes the old one
-                    self._turn_requests.get_nowait()
-                self._turn_requests.put_nowait(action)
+                self._turn_model.ask(action)
             elif isinstance(action, Speculate | CommitTurn) and self._giving_up:
                 continue  # no new turns once the call is apologising its way out
             elif isinstance(action, Speculate):
@@ -482,9 +382,9 @@ class CallSession:
             elif isinstance(action, CommitTurn):
                 self._commit(action, now)
             elif isinstance(action, PauseOutput):
-                self._output_open.clear()
+                self._playout.pause()
             elif isinstance(action, ResumeOutput):
-                self._output_open.set()
+                self._playout.resume()
             elif isinstance(action, Interrupt):
                 await self._interrupt(action, now)
 
@@ -507,16 +407,13 @@ class CallSession:
             self._speculative = None
 
     async def _interrupt(self, action: Interrupt, now: float) -> None:
-        playing = self._playing
-        self._playing = None
+        playing = self._playout.take()
         # What was heard is fixed now, before anything else can be sent.
         heard = self._record_reply(playing, interrupted=True, now=now) if playing else ""
         for reply in list(self._reply_tasks):
             self._cancel_reply(reply)
         self._speculative = None
-        await self.transport.send_clear()
-        self._pacer.reset(now)
-        self._output_open.set()
+        await self._playout.clear(now)
         if playing is None:
             return
         self._backoff_until = now + self.assistant.stop_speaking_plan.backoff_seconds
@@ -558,7 +455,7 @@ class CallSession:
                     tg.create_task(self._produce(reply, messages))
                 await reply.released.wait()
                 await self.clock.sleep_until(self._backoff_until)
-                async with self._playout_lock:
+                async with self._playout.lock:
                     await self._play(reply)
         finally:
             self._reply_tasks.pop(reply, None)
@@ -582,7 +479,10 @@ class CallSession:
 
     async def _produce(self, reply: Reply, messages: list[ChatMessage]) -> None:
         try:
-            await reply.produce(self._llm, self._tts, messages)
+            if self._tool_turns.tools.schemas:
+                await self._tool_turns.produce(reply, self._llm, self._tts, messages)
+            else:
+                await reply.produce(self._llm, self._tts, messages)
         except ProvidersExhausted as exc:
             await reply.finish()
             self._give_up(exc.stage, exc)
@@ -602,104 +502,70 @@ class CallSession:
         self._cancel_speculation()
         reply = self._start_reply("", None)
         reply.text = APOLOGY
-        self._ending[reply] = (_FAILED_REASONS[stage], str(exc))
+        self._ending[reply] = (FAILED_REASONS[stage], str(exc))
         reply.release()
 
     async def _play(self, reply: Reply) -> None:
-        """Send the reply's audio paced against the playback clock, a mark after each chunk."""
-        clock, transport, pacer = self.clock, self.transport, self._pacer
-        playing = _Playing(reply, PlayoutTracker())
-        self._playing = playing
         self.turns.interruptible = reply not in self._ending and (
             not reply.is_greeting or self.assistant.first_message_interruptions_enabled
         )
-        chunk_bytes = int(self.options.playout_chunk_seconds * SAMPLE_RATE)
-        pending = b""
-        seq = 0
-        end_of_audio = False
-        while not end_of_audio:
-            piece = await reply.audio.get()
-            if piece is None:
-                end_of_audio = True
-            else:
-                pending += piece
-            while len(pending) >= chunk_bytes or (end_of_audio and pending):
-                chunk, pending = pending[:chunk_bytes], pending[chunk_bytes:]
-                await self._output_open.wait()
-                await clock.sleep_until(pacer.send_at(clock.now()))
-                await self._output_open.wait()
-                now = clock.now()
-                seq += 1
-                name = f"{reply.index}.{seq}"
-                seconds = len(chunk) / SAMPLE_RATE
-                await transport.send_audio(chunk)
-                await transport.send_mark(name)
-                pacer.sent(seconds, now)
-                playing.tracker.add_chunk(name, seconds, now)
-                if playing.first_sent is None:
-                    playing.first_sent = now
-                    if reply.is_greeting:
-                        self.turns.assistant_started(now)
-                    await self._apply(self.turns.set_assistant_audible(True, now), now)
-        if seq and not playing.tracker.finished:
-            await playing.all_played.wait()
-        now = clock.now()
-        self._playing = None
+
+        async def audible(now: float) -> None:
+            if reply.is_greeting:
+                self.turns.assistant_started(now)
+            await self._apply(self.turns.set_assistant_audible(True, now), now)
+
+        playing = await self._playout.play(reply, audible)
+        now = self.clock.now()
+        self._playout.playing = None
         self._record_reply(playing, interrupted=False, now=now)
         await self._apply(self.turns.set_assistant_audible(False, now), now)
         await self._apply(self.turns.reply_finished(now), now)
         self._last_activity = now
         ending = self._ending.get(reply)
         if ending is not None:
-            self._finish(*ending)
+            handoff = self._handoffs.pop(reply, None)
+            if handoff is None or await self._hand_off(reply, handoff):
+                self._finish(*ending)
             return
         phrase = find_end_call_phrase(reply.text, self.assistant.end_call_phrases)
         if phrase is not None:
             self._finish(EndedReason.ASSISTANT_SAID_END_CALL_PHRASE, phrase)
 
-    def _on_mark(self, name: str) -> None:
-        playing = self._playing
-        if playing is None or not name.startswith(f"{playing.reply.index}."):
-            return  # a mark of a reply that was cleared: it proves nothing was played
-        playing.tracker.acknowledge(name, self.clock.now())
-        if playing.reply.done and playing.tracker.finished:
-            playing.all_played.set()
+    def _end_after(
+        self, reply: Reply, reason: EndedReason, detail: str, handoff: Handoff | None
+    ) -> None:
+        """End the call once `reply` has been heard (after `handoff`, if any)."""
+        self._ending[reply] = (reason, detail)
+        if handoff is not None:
+            self._handoffs[reply] = handoff
+        playing = self._playout.playing
+        if playing is not None and playing.reply is reply:
+            self.turns.interruptible = False  # the last words must be heard whole
 
-    def _record_reply(self, playing: _Playing, *, interrupted: bool, now: float) -> str:
+    async def _hand_off(self, reply: Reply, handoff: Handoff) -> bool:
+        """Run the handoff (a transfer); False when it failed and the call goes on."""
+        try:
+            await handoff.action()
+        except CallControlError as exc:
+            call = handoff.tool_call
+            self._emit(
+                ToolCallFailed(self.call_id, self._since_start(), call.id, call.name, str(exc))
+            )
+            log.warning("call %s: transfer failed: %s", self.call_id, exc)
+            self._ending.pop(reply, None)
+            sorry = self._start_reply("", None)
+            sorry.text = TRANSFER_FAILED
+            sorry.release()
+            return False
+        return True
+
+    def _record_reply(self, playing: Playing, *, interrupted: bool, now: float) -> str:
         """Put the reply in the history and the call record: all of it, or what was heard."""
-        reply = playing.reply
-        if interrupted:
-            heard_seconds = playing.tracker.clear(now)
-            text = heard_text(
-                reply.spoken_text, reply.words or None, reply.audio_seconds, heard_seconds
-            )
-        else:
-            heard_seconds, text = reply.audio_seconds, reply.text
-        if text:
-            index = self.history.add_assistant(reply.text)
-            if interrupted:
-                self.history.truncate_assistant(index, text)
-        if text or interrupted:  # a reply that failed before saying anything adds no message
-            self._emit(
-                MessageAdded(
-                    self.call_id, now - self._t0, "bot", text, heard_seconds,
-                    interrupted=interrupted,
-                )
-            )  # fmt: skip
-        commit = self._commits.pop(reply, None)
-        if commit is not None:
-            latency = (
-                turn_latency(commit, reply.timings, reply.committed_at, playing.first_sent)
-                if playing.first_sent is not None
-                else None
-            )
-            self._emit(
-                TurnCompleted(
-                    self.call_id, now - self._t0, reply.index, reply.user_text, text,
-                    interrupted, latency,
-                )
-            )  # fmt: skip
-        return text
+        commit = self._commits.pop(playing.reply, None)
+        return self._records.record(
+            playing, interrupted=interrupted, now=now, at=now - self._t0, commit=commit
+        )
 
     # --- helpers -----------------------------------------------------------------------------
 

@@ -34,7 +34,9 @@ class EndedReason(StrEnum):
 
     CUSTOMER_ENDED_CALL = "customer-ended-call"
     ASSISTANT_ENDED_CALL = "assistant-ended-call"
+    ASSISTANT_FORWARDED_CALL = "assistant-forwarded-call"
     ASSISTANT_SAID_END_CALL_PHRASE = "assistant-said-end-call-phrase"
+    MANUALLY_CANCELED = "manually-canceled"  # ended through the control API
     SILENCE_TIMED_OUT = "silence-timed-out"
     EXCEEDED_MAX_DURATION = "exceeded-max-duration"
     PIPELINE_ERROR_STT = "pipeline-error-transcriber-failed"
@@ -84,7 +86,9 @@ class ChatMessage:
     interrupted: bool = False  # assistant message cut off by the caller (content = what was heard)
 
     def to_openai(self) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": self.role, "content": self.content}
+        # An assistant turn that only calls tools has `content: null`, as the API sends it.
+        content = None if self.tool_calls and not self.content else self.content
+        message: dict[str, Any] = {"role": self.role, "content": content}
         if self.tool_calls:
             message["tool_calls"] = [
                 {

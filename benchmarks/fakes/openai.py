@@ -4,8 +4,10 @@
 streams do: a role delta first, content deltas (or tool-call deltas: index/id/name first, then
 argument fragments), a finish_reason chunk, the usage chunk with empty `choices` when
 `stream_options.include_usage`, then `data: [DONE]`. The reply comes from `config.reply`, a
-callable of the request's messages. `POST /v1/audio/speech` streams raw 24 kHz s16le PCM whose
-length is proportional to the input text.
+callable of the request's messages: text, tool calls, or a `FakeResponse` with both (content
+deltas first, then the tool-call deltas, finish_reason `tool_calls`, as a model that says
+"Let me check." and then calls a tool streams it). `POST /v1/audio/speech` streams raw 24 kHz
+s16le PCM whose length is proportional to the input text.
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ from starlette.routing import Route
 
 from benchmarks.fakes.server import REJECT_STATUS, Fault, FaultSwitch, speech_like_pcm16
 
-__all__ = ["FakeToolCall", "OpenAiFake", "OpenAiFakeConfig", "Reply", "echo_reply"]
+__all__ = [
+    "FakeResponse",
+    "FakeToolCall",
+    "OpenAiFake",
+    "OpenAiFakeConfig",
+    "Reply",
+    "echo_reply",
+]
 
 SPEECH_RATE = 24_000
 
@@ -36,7 +45,13 @@ class FakeToolCall:
     arguments: str  # JSON text
 
 
-Reply = str | Sequence[FakeToolCall]
+@dataclass(frozen=True)
+class FakeResponse:
+    text: str = ""
+    tool_calls: Sequence[FakeToolCall] = ()
+
+
+Reply = str | Sequence[FakeToolCall] | FakeResponse
 
 
 def echo_reply(messages: list[dict[str, Any]]) -> Reply:
@@ -136,11 +151,17 @@ class OpenAiFake:
             await self._stall()
             return
         await asyncio.sleep(cfg.first_token_latency)
-        tools = not isinstance(reply, str)
-        if isinstance(reply, str):
+        if isinstance(reply, FakeResponse):
+            tools = bool(reply.tool_calls)
+            pieces = _text_pieces(reply.text) if reply.text else []
+            pieces += _tool_pieces(reply.tool_calls)
+            yield delta({"role": "assistant", "content": "", "refusal": None})
+        elif isinstance(reply, str):
+            tools = False
             pieces = _text_pieces(reply)
             yield delta({"role": "assistant", "content": "", "refusal": None})
         else:
+            tools = True
             # as captured: the first tool-call delta also carries the role
             pieces = _tool_pieces(reply)
             if pieces:
@@ -233,6 +254,9 @@ def _tool_pieces(calls: Sequence[FakeToolCall]) -> list[dict[str, Any]]:
 
 def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
+    if isinstance(reply, FakeResponse):
+        message["content"] = reply.text or None
+        reply = reply.tool_calls if reply.tool_calls else reply.text
     if isinstance(reply, str):
         message["content"] = reply
         finish = "stop"

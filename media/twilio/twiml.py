@@ -1,4 +1,4 @@
-"""The two TwiML documents AVA answers Twilio's voice webhook with.
+"""The TwiML documents AVA answers Twilio with (voice webhook, and a live call's transfer).
 
 Serialized exactly as twilio-python's `VoiceResponse` does (ElementTree, attributes sorted,
 `" />"` on empty elements, one line after the XML declaration), so the output can be compared
@@ -11,7 +11,13 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 
-__all__ = ["MAX_PARAMETER_LENGTH", "XML_DECLARATION", "connect_stream", "say_and_hangup"]
+__all__ = [
+    "MAX_PARAMETER_LENGTH",
+    "XML_DECLARATION",
+    "connect_stream",
+    "dial",
+    "say_and_hangup",
+]
 
 XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>'
 # Twilio: "the combined length of each Parameter's name and value must be under 500".
@@ -50,6 +56,19 @@ def say_and_hangup(text: str) -> str:
     say = ET.SubElement(response, "Say")
     say.text = _check(text)
     ET.SubElement(response, "Hangup")
+    return _serialize(response)
+
+
+def dial(number: str, *, caller_id: str | None = None, extension: str | None = None) -> str:
+    """`<Dial>` a number: what a live call is redirected to when it is transferred.
+
+    With an extension the number goes in a `<Number sendDigits="w…">` (each `w` waits half a
+    second before the digits are sent, as Twilio documents)."""
+    response = ET.Element("Response")
+    element = _child(response, "Dial", {"callerId": caller_id} if caller_id else {})
+    if extension:
+        element = _child(element, "Number", {"sendDigits": "ww" + extension})
+    element.text = _check(number)
     return _serialize(response)
 
 

@@ -114,11 +114,13 @@ def make_app(
     tmp_path: Path,
     *,
     turn_model: SlowTurnModel | None = None,
+    env: dict[str, str] | None = None,
     **assistant: Any,
 ) -> Any:
     settings = settings_for(
         assistant_file(**cloud_assistant(**assistant)),
         tmp_path,
+        **(env or {}),
         DEEPGRAM_API_KEY=KEY,
         DEEPGRAM_BASE_URL=fakes.deepgram_url,
         OPENAI_API_KEY=KEY,
@@ -306,3 +308,38 @@ async def test_speculation_lowers_voice_to_voice(
     measured = f"voice-to-voice: speculative {mean_on * 1e3:.0f} ms, off {mean_off * 1e3:.0f} ms"
     logging.getLogger("ava.test").warning(measured)
     assert mean_on < mean_off - 0.1, measured
+
+
+async def test_a_stalled_llm_times_out_is_retried_and_the_record_says_so(
+    tmp_path: Path, assistant_file: AssistantFactory
+) -> None:
+    script = ["What are your opening hours?", "Where are you located?"]
+    chat = OpenAiFakeConfig(api_key=KEY, fault=Fault.STALL, fault_count=1)
+    async with running_fakes(script, openai=chat) as fakes:
+        app = make_app(fakes, assistant_file, tmp_path)
+        async with serve(app) as base:
+            report = await place_call(base, CallScript([SPEECH, SPEECH]))
+    assert report.error is None, report.error
+    assert report.record is not None and report.record["ended_reason"] == "customer-ended-call"
+    assert bot_messages(report)[1:] == [f"You said: {script[0]}", f"You said: {script[1]}"]
+    (error,) = errors(report)
+    assert error["stage"] == "llm" and error["retryable"] is True
+    assert "first_token took longer than 4.000s" in error["error"]
+    assert len(fakes.openai.chat_requests) == 3
+
+
+async def test_a_dropped_deepgram_socket_is_reconnected_and_the_call_goes_on(
+    tmp_path: Path, assistant_file: AssistantFactory
+) -> None:
+    script = ["What are your opening hours?", "Where are you located?"]
+    async with running_fakes(script) as fakes:
+        fakes.deepgram.config.fault = Fault.DROP
+        fakes.deepgram.config.fault_count = 1
+        fakes.deepgram.config.fault_after = 2.0
+        app = make_app(fakes, assistant_file, tmp_path)
+        async with serve(app) as base:
+            report = await place_call(base, CallScript([SPEECH, SPEECH]))
+    assert report.error is None, report.error
+    assert report.record is not None and report.record["ended_reason"] == "customer-ended-call"
+    assert bot_messages(report)[1:] == [f"You said: {script[0]}", f"You said: {script[1]}"]
+    assert len(fakes.deepgram.connections) == 2  # the adapter reconnected on its own

@@ -79,11 +79,17 @@ async def test_adapters_from_vapi_configs(monkeypatch: pytest.MonkeyPatch) -> No
     assert isinstance(llm, OpenAiLlm)
     assert (llm.model, llm.temperature, llm.max_tokens) == ("llama-3.1-8b-instant", 0.2, 99)
     schema = {"type": "object", "properties": {}}  # Vapi's empty parameters, made valid
+    # built-in tools are offered as functions too (voice.tools): endCall here
+    end_call = "End the call. Use it when the conversation is over."
     assert llm.tools == [
         {
             "type": "function",
             "function": {"name": "book", "description": "Book it.", "parameters": schema},
-        }
+        },
+        {
+            "type": "function",
+            "function": {"name": "endCall", "description": end_call, "parameters": schema},
+        },
     ]
     eleven = cloud.tts(
         VoiceConfig.model_validate({"provider": "11labs", "voiceId": "v1", "model": "m2"})
