@@ -14,6 +14,8 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from control.calls import CallManager
 from control.engines import EngineHub, EngineSource
 from control.errors import install_error_handlers
+from control.metrics import Metrics
+from control.middleware import install_operations
 from control.routes import api_router
 from control.settings import Settings
 from control.sinks import FanOut
@@ -21,6 +23,8 @@ from control.state import AppState
 from control.stores import Stores, open_stores
 from control.twilio_routes import router as twilio_router
 from control.twilio_status import router as twilio_status_router
+from control.webhooks import running_webhooks
+from control.webrtc_routes import install_webrtc
 from storage import CallRecorder, NotMigrated, display_url
 from voice.assistant import load_assistant
 
@@ -37,6 +41,7 @@ def create_app(settings: Settings, *, engines: EngineSource | None = None) -> Fa
     # Outside the lifespan so the server's signal handler can drain calls before uvicorn
     # closes their websockets (control/server.py).
     calls = CallManager(settings.max_calls)
+    metrics = Metrics(live_calls=lambda: len(calls.live))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,16 +53,19 @@ def create_app(settings: Settings, *, engines: EngineSource | None = None) -> Fa
             log.error("refusing to start: %s", exc)
             raise
         try:
-            async with _recording(stores) as recorder:
+            async with _recording(stores) as recorder, running_webhooks() as webhooks:
+                app.state.webhooks = webhooks  # the media route registers each call's server
                 hub: EngineSource = (
                     engines if engines is not None else await EngineHub.load_async(settings)
                 )
-                sink = FanOut(calls, recorder)
+                sink = FanOut(calls, recorder, metrics, webhooks)
                 state = AppState(settings, hub, calls, assistant, stores, sink)
                 async with _serving(app, state, owns_engines=engines is None):
                     yield
         finally:
             await stores.close()
+            if app.state.limiter is not None:
+                await app.state.limiter.aclose()
 
     @asynccontextmanager
     async def _serving(app: FastAPI, state: AppState, owns_engines: bool) -> AsyncIterator[None]:
@@ -77,15 +85,18 @@ def create_app(settings: Settings, *, engines: EngineSource | None = None) -> Fa
         finally:
             state.ready = False
             await state.calls.drain(settings.drain_seconds)
+            await app.state.webrtc.aclose()  # browser calls still connecting
             if owns_engines:
                 hub.close()
 
     app = FastAPI(title="AVA", version="0.1.0", lifespan=lifespan)
     app.state.calls = calls
     install_error_handlers(app)
+    install_operations(app, settings, metrics)
     app.include_router(twilio_router)
     app.include_router(twilio_status_router)
     app.include_router(api_router)
+    install_webrtc(app, settings)  # /webrtc/*, the page at /web/
 
     @app.get("/livez")
     async def livez() -> dict[str, str]:

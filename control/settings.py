@@ -9,14 +9,27 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.engine import default_sqlite_url
 
-__all__ = ["Settings"]
+__all__ = ["IceServer", "Settings"]
 
 _SAMPLE_ASSISTANT = Path(__file__).resolve().parent / "data" / "sample-assistant.json"
+
+
+class IceServer(BaseModel):
+    """One STUN/TURN server, as the browser's `RTCIceServer` and aiortc's take it."""
+
+    urls: list[str] = Field(min_length=1)
+    username: str | None = None
+    credential: str | None = None
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _one_url(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
 
 
 class Settings(BaseSettings):
@@ -47,7 +60,27 @@ class Settings(BaseSettings):
     turn_model: bool = True
     max_calls: int = Field(default=200, ge=1)
     drain_seconds: float = Field(default=30, ge=0)
-    log_level: str = "INFO"
+    log_level: str = Field(default="INFO", pattern="^(?i:debug|info|warning|error|critical)$")
+    # json | text | auto (text on a terminal, JSON otherwise: containers, systemd, log shippers)
+    log_format: str = Field(default="auto", pattern="^(auto|json|text)$")
+
+    # Operations: /metrics, request limits, per-API-key rate limits (control/middleware.py).
+    # Empty: /metrics is open in dev mode and refused (403) otherwise.
+    metrics_token: SecretStr = SecretStr("")
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # A token bucket per API key: refills at this rate, holds `burst`. 0: no limit.
+    rate_limit_per_second: float = Field(default=25, ge=0)
+    rate_limit_burst: int = Field(default=100, ge=1)
+    # redis://host:6379/0: rate-limit buckets shared by every process. Empty: per process.
+    redis_url: str = ""
+
+    # Browser calls (WebRTC, control/webrtc_routes.py). ICE servers for aiortc and the page, as
+    # JSON; empty: none (host candidates only, no public STUN lookups).
+    webrtc_ice_servers: list[IceServer] = Field(default_factory=list)
+    webrtc_max_calls_per_tenant: int = Field(default=5, ge=1)
+    webrtc_token_ttl_seconds: float = Field(default=300, gt=0)
+    # ICE and DTLS must be up this long after the answer, or the peer connection is closed.
+    webrtc_connect_timeout_seconds: float = Field(default=15, gt=0)
 
     twilio_account_sid: str = Field(
         default="", validation_alias=AliasChoices("TWILIO_ACCOUNT_SID", "AVA_TWILIO_ACCOUNT_SID")
@@ -55,6 +88,12 @@ class Settings(BaseSettings):
     twilio_auth_token: SecretStr = Field(
         default=SecretStr(""),
         validation_alias=AliasChoices("TWILIO_AUTH_TOKEN", "AVA_TWILIO_AUTH_TOKEN"),
+    )
+    # Twilio's REST API (outbound calls, hang-ups, number configuration). None: the twilio SDK's
+    # own hosts (https://api.twilio.com, …); set it to reach a proxy or a fake.
+    twilio_api_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TWILIO_API_BASE_URL", "AVA_TWILIO_API_BASE_URL"),
     )
 
     # Cloud providers (conventional names). A key is needed only when an assistant picks it.

@@ -1,0 +1,287 @@
+"""Whole browser calls over real WebRTC on this host: a live AVA, an aiortc peer as the browser.
+
+The engines are scripted (tone "speech", an energy VAD, canned transcripts and replies), as in
+test_twilio_calls, so these exercise the transport, its pacing, marks, clear and the data
+channel quickly; tests/e2e/test_browser.py repeats the main path with Chromium and the offline
+engines. The browser side measures what it actually receives (decoded RTP audio).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame
+from av.frame import Frame
+
+from control.app import create_app
+from media.g711 import ulaw_to_pcm16
+from media.resample import resample_once
+from tests.conftest import AssistantFactory, ScriptedEngines, serve, settings_for
+from voice.testing import tone_ulaw
+
+pytestmark = pytest.mark.timeout(60)
+
+SPEECH = tone_ulaw(0.8, frequency=300.0)  # "speech" for the energy VAD and the scripted STT
+GREETING = "Hello, this is Ava. How can I help you today?"
+LONG_REPLY = (
+    "Our clinic offers cleanings, fillings, crowns, whitening and emergency care, and we take "
+    "most insurance plans, so let me walk you through each of them in turn."
+)
+
+
+class Mic(MediaStreamTrack):
+    """The browser's microphone: 48 kHz stereo 20 ms frames in real time, silence unless
+    `say` queued something."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending = np.zeros(0, dtype="<i2")
+        self._start: float | None = None
+        self._frames = 0
+
+    def say(self, ulaw: bytes) -> None:
+        pcm = np.frombuffer(resample_once(ulaw_to_pcm16(ulaw), 8000, 48000), dtype="<i2")
+        self._pending = np.concatenate([self._pending, np.repeat(pcm, 2)])
+
+    async def recv(self) -> Frame:
+        if self._start is None:
+            self._start = time.monotonic()
+        await asyncio.sleep(max(0.0, self._start + self._frames * 0.02 - time.monotonic()))
+        chunk, self._pending = self._pending[:1920], self._pending[1920:]
+        chunk = np.concatenate([chunk, np.zeros(1920 - len(chunk), dtype="<i2")])
+        frame = AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="stereo")
+        frame.sample_rate = 48000
+        frame.pts = self._frames * 960
+        self._frames += 1
+        return frame
+
+
+class Browser:
+    """A WebRTC peer doing what the page does: mic track, `events` channel, non-trickle offer."""
+
+    def __init__(self) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.mic = Mic()
+        self.pc.addTrack(self.mic)
+        self.channel = self.pc.createDataChannel("events")
+        self.events: list[dict[str, Any]] = []
+        self.heard: list[tuple[float, float]] = []  # (monotonic time, RMS) per received frame
+        self._reader: asyncio.Task[None] | None = None
+        self.channel.on("message", lambda m: self.events.append(json.loads(m)))
+        self.pc.on("track", self._on_track)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        self._reader = asyncio.ensure_future(self._read(track))
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            assert isinstance(frame, AudioFrame)
+            samples = frame.to_ndarray().astype(np.float64) / 32768.0
+            self.heard.append((time.monotonic(), float(np.sqrt(np.mean(samples**2)))))
+
+    async def offer(self) -> str:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        assert self.pc.localDescription is not None
+        return self.pc.localDescription.sdp
+
+    async def call(
+        self, base: str, headers: dict[str, str] | None = None, **fields: Any
+    ) -> httpx.Response:
+        body = {"sdp": await self.offer(), "type": "offer", **fields}
+        async with httpx.AsyncClient(base_url=base, headers=headers or {}) as http:
+            response = await http.post("/webrtc/offer", json=body)
+        if response.status_code == 200:
+            answer = response.json()
+            await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+        return response
+
+    async def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], seconds: float = 10.0
+    ) -> dict[str, Any]:
+        async with asyncio.timeout(seconds):
+            while True:
+                for event in self.events:
+                    if predicate(event):
+                        return event
+                await asyncio.sleep(0.01)
+
+    async def wait_type(self, kind: str, seconds: float = 10.0, **match: Any) -> dict[str, Any]:
+        return await self.wait_for(
+            lambda e: e["type"] == kind and all(e.get(k) == v for k, v in match.items()), seconds
+        )
+
+    def loud_seconds(self, after: float = 0.0, before: float = float("inf")) -> float:
+        return 0.02 * sum(1 for t, level in self.heard if after <= t < before and level > 0.05)
+
+    def hang_up(self) -> None:
+        self.channel.send(json.dumps({"type": "hangup"}))
+
+    async def close(self) -> None:
+        await self.pc.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+
+@contextlib.asynccontextmanager
+async def browser() -> AsyncIterator[Browser]:
+    peer = Browser()
+    try:
+        yield peer
+    finally:
+        await peer.close()
+
+
+def call_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if "CallSession" in repr(t.get_coro())]
+
+
+async def dev_call(base: str, call_id: str) -> dict[str, Any]:
+    """The stored call (Vapi's shape) once the recorder has written its end."""
+    async with httpx.AsyncClient(base_url=base) as http:
+        for _ in range(100):
+            response = await http.get(f"/dev/call/{call_id}")
+            if response.status_code == 200 and response.json()["status"] == "ended":
+                return dict(response.json())
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"call {call_id} was not recorded as ended")
+
+
+async def test_a_dev_mode_browser_call(tmp_path: Path, assistant_file: AssistantFactory) -> None:
+    engines = ScriptedEngines(["What are your hours?"], ["We open at nine."], seconds_per_char=0.02)
+    app = create_app(settings_for(assistant_file(), tmp_path), engines=engines)
+    async with serve(app) as base, browser() as peer:
+        response = await peer.call(base)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer["type"] == "answer" and answer["pc_id"].startswith("pc_")
+        assert "a=candidate" in answer["sdp"] and "a=sendrecv" in answer["sdp"]
+        started = await peer.wait_type("call-started")
+        greeting = await peer.wait_type("message", role="bot")
+        assert greeting["text"] == GREETING and not greeting["interrupted"]
+        # The greeting's mark echoes came from the track's clock: it "played" in real time.
+        assert greeting["duration"] == pytest.approx(len(GREETING) * 0.02, abs=0.03)
+        assert 0.6 < peer.loud_seconds() <= 1.2  # and it arrived here, decoded
+
+        peer.mic.say(SPEECH)
+        partial = await peer.wait_type("transcript")
+        assert partial["text"] == "What are your hours?"
+        turn = await peer.wait_type("turn")
+        assert (turn["user"], turn["assistant"]) == ("What are your hours?", "We open at nine.")
+        latency = turn["latencyMs"]
+        assert latency["voiceToVoice"] >= latency["endpointing"] >= 200
+        assert 0 <= latency["server"] < 50
+
+        peer.hang_up()
+        ended = await peer.wait_type("call-ended")
+        assert ended["endedReason"] == "customer-ended-call"
+        record = await dev_call(base, started["callId"])
+        assert record["type"] == "webCall"
+        assert [(m["role"], m["message"]) for m in record["messages"]] == [
+            ("bot", GREETING),
+            ("user", "What are your hours?"),
+            ("bot", "We open at nine."),
+        ]
+        assert record["metadata"]["transport"] == "webrtc"
+        assert len(record["artifact"]["performanceMetrics"]["turnLatencies"]) == 1
+    calls = app.state.webrtc
+    assert calls.opened == calls.closed == 1 and calls.peers == {} and not calls.slots
+    assert call_tasks() == []
+
+
+async def test_barge_in_silences_the_assistant_at_once(
+    tmp_path: Path, assistant_file: AssistantFactory
+) -> None:
+    engines = ScriptedEngines(
+        ["Tell me about your services.", "Stop, what about the price?"],
+        [LONG_REPLY, "Cleanings are eighty dollars."],
+        seconds_per_char=0.03,
+    )
+    app = create_app(settings_for(assistant_file(), tmp_path), engines=engines)
+    async with serve(app) as base, browser() as peer:
+        assert (await peer.call(base)).status_code == 200
+        await peer.wait_type("message", role="bot")
+        peer.mic.say(SPEECH)
+        await peer.wait_type("message", role="user")
+        await asyncio.sleep(1.5)  # well into the long reply
+        peer.mic.say(SPEECH)
+        barge = await peer.wait_type("barge-in")
+        cut = time.monotonic()
+        assert 150 < barge["reactionMs"] < 400  # voiceSeconds 0.2 + VAD windows
+        interrupted = await peer.wait_type("message", role="bot", interrupted=True)
+        assert LONG_REPLY.startswith(interrupted["text"]) and interrupted["text"] != LONG_REPLY
+        # What reaches the browser after the clear is only what was in flight (the receiver's
+        # jitter buffer), not what was queued for the track.
+        await peer.wait_type("message", role="user", text="Stop, what about the price?")
+        reply = await peer.wait_type("message", role="bot", text="Cleanings are eighty dollars.")
+        # Without the clear the queued ~200 ms would still arrive (measured: until cut + 0.2 s);
+        # with it, the last loud frame arrives about 0.09 s after the event.
+        assert peer.loud_seconds(after=cut + 0.15, before=cut + 0.6) == 0.0
+        assert reply["duration"] == pytest.approx(29 * 0.03, abs=0.03)
+        peer.hang_up()
+        await peer.wait_type("call-ended")
+    assert app.state.webrtc.opened == app.state.webrtc.closed == 1
+
+
+async def test_the_assistant_ending_the_call_reaches_the_page(
+    tmp_path: Path, assistant_file: AssistantFactory
+) -> None:
+    engines = ScriptedEngines(
+        ["That's all, thanks."], ["Thank you for calling. Goodbye!"], seconds_per_char=0.02
+    )
+    app = create_app(settings_for(assistant_file(), tmp_path), engines=engines)
+    async with serve(app) as base, browser() as peer:
+        assert (await peer.call(base)).status_code == 200
+        await peer.wait_type("message", role="bot")
+        peer.mic.say(SPEECH)
+        ended = await peer.wait_type("call-ended")
+        assert ended["endedReason"] == "assistant-said-end-call-phrase"
+        last = [e for e in peer.events if e["type"] == "message"][-1]
+        assert last["text"] == "Thank you for calling. Goodbye!"
+        # The server closes the peer connection once the page had time to read the event.
+        for _ in range(250):
+            if app.state.webrtc.closed == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert app.state.webrtc.closed == 1
+    assert call_tasks() == []
+
+
+async def test_the_browser_going_away_ends_the_call(
+    tmp_path: Path, assistant_file: AssistantFactory
+) -> None:
+    """A closed tab or a reload sends no hangup: the connection's end is the hang-up."""
+    engines = ScriptedEngines([], [], seconds_per_char=0.02)
+    app = create_app(settings_for(assistant_file(), tmp_path), engines=engines)
+    async with serve(app) as base:
+        async with browser() as peer:
+            assert (await peer.call(base)).status_code == 200
+            started = await peer.wait_type("call-started")
+            await peer.wait_type("message", role="bot")
+        record = await dev_call(base, started["callId"])
+        assert record["endedReason"] == "customer-ended-call"
+        assert app.state.webrtc.opened == app.state.webrtc.closed == 1
+    assert call_tasks() == []
