@@ -6,8 +6,8 @@ The definitions the benchmark reports:
 - greeting: `start` sent → the first voiced assistant frame received;
 - barge-in: for caller speech that starts while the assistant is audible, onset → `clear`
   received, and onset → the end of the last voiced assistant audio the phone actually played;
-- outbound gaps: inside one assistant utterance (no caller speech starting in between), places
-  where the phone's playback ran dry for longer than 60 ms.
+- outbound gaps: inside one assistant utterance (no caller speech and no `clear` in between),
+  places where the phone's playback ran dry for longer than 60 ms.
 """
 
 from __future__ import annotations
@@ -130,5 +130,8 @@ def measure_call(trace: CallTrace) -> CallMeasures:
             to_silence = (heard[-1] - segment.start) if heard else 0.0
             barge_ins.append(BargeInMeasure(segment.start, to_clear, to_silence))
 
-    gaps = outbound_gaps(trace.played, [s.start for s in caller])
+    # Caller speech (its start or its end) or a clear between two played chunks means the
+    # assistant started a new utterance, not that its audio ran dry.
+    boundaries = [s.start for s in caller] + [s.end for s in caller] + trace.clears
+    gaps = outbound_gaps(trace.played, boundaries)
     return CallMeasures(greeting, v2v, barge_ins, gaps, unanswered)

@@ -1,4 +1,4 @@
-"""Run an AVA server in its own process for a benchmark, and read its CPU and memory."""
+"""Run an AVA server (or a peer's bot) in its own process for a benchmark; read its CPU and RSS."""
 
 from __future__ import annotations
 
@@ -58,9 +58,18 @@ class ServerProcess:
 
 @contextlib.asynccontextmanager
 async def run_server(
-    env: Mapping[str, str] | None = None, *, log: Path | None = None, ready_timeout: float = 60
+    env: Mapping[str, str] | None = None,
+    *,
+    log: Path | None = None,
+    ready_timeout: float = 60,
+    cpu: int | None = None,
+    module: str = "control.cli",
 ) -> AsyncIterator[ServerProcess]:
-    """`ava serve` on a free loopback port with `env` added; stopped with SIGTERM at the end."""
+    """`ava serve` on a free loopback port with `env` added; stopped with SIGTERM at the end.
+
+    `cpu` pins the process to one core (`taskset`), so "calls per core" is measured, not
+    inferred. `module` runs another server (a peer's bot) the same way: it must read
+    AVA_HOST/AVA_PORT, serve `POST /twilio/voice` and answer `GET /readyz` with 200."""
     port = free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="ava-bench-"))
     database = f"sqlite+aiosqlite:///{data_dir}/ava.db"
@@ -74,8 +83,11 @@ async def run_server(
         "AVA_PORT": str(port),
     }
     output = log.open("wb") if log else subprocess.DEVNULL
+    command = [sys.executable, "-m", module] + (["serve"] if module == "control.cli" else [])
+    if cpu is not None:
+        command = ["taskset", "-c", str(cpu), *command]
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "control.cli", "serve", env=environment, stdout=output, stderr=output
+        *command, env=environment, stdout=output, stderr=output
     )
     base = f"http://127.0.0.1:{port}"
     try:

@@ -7,7 +7,14 @@ next utterance of `script`: interim Results while it lasts, then a final `speech
 or at once, `from_finalize`, on a Finalize. Silence gets empty finals every
 `silence_final_every` seconds of audio, as Deepgram's do. The script cursor is shared by all
 connections and moves only when a final is sent, so a segment cut off by a dropped socket is
-recognised again from the client's replay.
+recognised again from the client's replay. For many concurrent calls (the benchmarks) set
+`script_per_connection`: each connection then walks the script on its own, wrapping around, and
+`utterance_gap`: speech resuming after a shorter pause continues the same utterance, so a
+sentence with pauses in it is not given several script lines. With `script_seconds` (each line's
+spoken length) a final inside an utterance carries the share of its words spoken so far, as
+Deepgram's endpointing finals do; without, the first final carries them all.
+Audio is `encoding=mulaw` or `encoding=linear16` (what pipecat's service sends) at the
+`sample_rate` given.
 """
 
 from __future__ import annotations
@@ -30,8 +37,8 @@ from media.g711 import ulaw_to_float
 
 __all__ = ["DeepgramFake", "DeepgramFakeConfig", "ListenRecord"]
 
-_FRAME = 160  # 20 ms of μ-law
 _FRAME_SECONDS = 0.02
+_ENCODINGS = ("mulaw", "linear16")
 
 
 @dataclass
@@ -46,6 +53,12 @@ class DeepgramFakeConfig:
     min_silence: float | None = None  # silence ending a segment; None: the `endpointing` param
     idle_timeout: float = 10.0  # no audio or KeepAlive this long: close 1011 NET-0001
     metadata_on_open: bool = False  # Deepgram sends Metadata only at CloseStream (§2.3)
+    # Each connection walks the script from its start and wraps around (concurrent calls);
+    # otherwise one cursor is shared by all connections and stops at the end.
+    script_per_connection: bool = False
+    # Audio seconds of silence that separate utterances; None: every segment is one.
+    utterance_gap: float | None = None
+    script_seconds: list[float] | None = None  # audio seconds of each script line
     fault: Fault | None = None
     fault_count: int | None = None  # connections that get the fault; None: all
     fault_after: float = 0.0  # wall seconds after accept before the fault
@@ -65,14 +78,62 @@ class ListenRecord:
     close_code: int | None = None
 
 
+class _ScriptCursor:
+    """Where a transcript stream is in the script: utterance and words already finalised."""
+
+    def __init__(
+        self, script: list[str], *, wrap: bool, seconds: list[float] | None = None
+    ) -> None:
+        self.script = script
+        self.seconds = seconds
+        self.wrap = wrap
+        self.index = 0
+        self.word_offset = 0
+
+    def _current(self) -> int:
+        return self.index % len(self.script) if self.wrap and self.script else self.index
+
+    def words(self) -> list[str]:
+        index = self._current()
+        return self.script[index].split() if index < len(self.script) else []
+
+    def remaining(self) -> list[str]:
+        """Words of the current utterance not yet in a final result."""
+        return self.words()[self.word_offset :]
+
+    def spoken_seconds(self) -> float | None:
+        index = self._current()
+        if self.seconds is None or index >= len(self.seconds):
+            return None
+        return self.seconds[index]
+
+    def next_utterance(self) -> None:
+        """Skip what is left of a partly finalised utterance: the caller moved on."""
+        if self.word_offset:
+            self.index += 1
+            self.word_offset = 0
+
+    def take(self, words: int | None = None) -> str:
+        """Finalise `words` more words of the current utterance, or (None) all the rest."""
+        remaining = self.remaining()
+        if words is None:
+            self.index += 1
+            self.word_offset = 0
+            return " ".join(remaining)
+        self.word_offset += words
+        return " ".join(remaining[:words])
+
+
 class DeepgramFake:
     def __init__(self, config: DeepgramFakeConfig | None = None) -> None:
         self.config = config or DeepgramFakeConfig()
         self.connections: list[ListenRecord] = []
         self.rejected: list[int] = []
         self._faults = FaultSwitch()
-        self._cursor = 0
-        self._word_offset = 0  # shared by connections, like the cursor, for replayed speech
+        # shared by connections (unless script_per_connection), for replayed speech
+        self._shared = _ScriptCursor(
+            self.config.script, wrap=False, seconds=self.config.script_seconds
+        )
         self.app = Starlette(routes=[WebSocketRoute("/v1/listen", self._listen)])
 
     @property
@@ -87,21 +148,10 @@ class DeepgramFake:
             and m["channel"]["alternatives"][0]["transcript"]
         ]
 
-    def _remaining(self) -> list[str]:
-        """Words of the current utterance not yet in a final result."""
-        script = self.config.script
-        text = script[self._cursor] if self._cursor < len(script) else ""
-        return text.split()[self._word_offset :]
-
-    def _take(self, words: int | None = None) -> str:
-        """Finalise `words` more words of the current utterance, or (None) all the rest."""
-        remaining = self._remaining()
-        if words is None:
-            self._cursor += 1
-            self._word_offset = 0
-            return " ".join(remaining)
-        self._word_offset += words
-        return " ".join(remaining[:words])
+    def _cursor(self) -> _ScriptCursor:
+        if self.config.script_per_connection:
+            return _ScriptCursor(self.config.script, wrap=True, seconds=self.config.script_seconds)
+        return self._shared
 
     async def _deny(self, websocket: WebSocket, status: int, reason: str) -> None:
         self.rejected.append(status)
@@ -115,8 +165,9 @@ class DeepgramFake:
             await self._deny(websocket, 401, "Invalid credentials.")
             return
         params = dict(websocket.query_params)
-        if params.get("encoding") != "mulaw" or params.get("sample_rate") != "8000":
-            await self._deny(websocket, 400, "The fake only speaks mulaw at 8000 Hz.")
+        rate = params.get("sample_rate", "")
+        if params.get("encoding") not in _ENCODINGS or not rate.isdigit() or int(rate) < 8000:
+            await self._deny(websocket, 400, "The fake speaks mulaw or linear16 at >= 8000 Hz.")
             return
         fault = self._faults.take(self.config.fault, self.config.fault_count)
         if fault in REJECT_STATUS:
@@ -140,6 +191,10 @@ class _Listen:
         self.record = record
         self.fault = fault
         self.loop = asyncio.get_running_loop()
+        self.script = fake._cursor()
+        self.linear = record.params["encoding"] == "linear16"
+        rate = int(record.params["sample_rate"])
+        self.frame_bytes = round(rate * _FRAME_SECONDS) * (2 if self.linear else 1)
         self.request_id = str(uuid.uuid4())
         params = record.params
         self.interims = params.get("interim_results") == "true"
@@ -161,6 +216,8 @@ class _Listen:
         self.next_interim = 0.0
         self.interim_words = 0
         self.final_due: tuple[float, float, float] | None = None  # (wall due, start, end)
+        self.continuation = False  # this segment continues the utterance already transcribed
+        self.utterance_start = 0.0  # audio time the current utterance began
         self.finalized_to = 0.0  # audio time covered by the last final
         self.last_word_end: float | None = None
         self.stalled = fault is Fault.STALL and self.cfg.fault_after <= 0
@@ -265,10 +322,15 @@ class _Listen:
 
     async def _audio(self, data: bytes) -> None:
         self.pending += data
-        whole = len(self.pending) - len(self.pending) % _FRAME
+        size = self.frame_bytes
+        whole = len(self.pending) - len(self.pending) % size
         frames, self.pending = self.pending[:whole], self.pending[whole:]
-        for i in range(0, len(frames), _FRAME):
-            samples = ulaw_to_float(frames[i : i + _FRAME])
+        for i in range(0, len(frames), size):
+            frame = frames[i : i + size]
+            if self.linear:
+                samples = np.frombuffer(frame, "<i2").astype(np.float32) / 32768.0
+            else:
+                samples = ulaw_to_float(frame)
             rms = float(np.sqrt(np.mean(samples * samples)))
             await self._frame(rms >= self.cfg.speech_rms)
 
@@ -280,6 +342,14 @@ class _Listen:
             if not self.in_speech:
                 if self.final_due is not None:
                     await self._send_due_final(force=True)  # keep finals in order
+                gap = self.cfg.utterance_gap
+                self.continuation = (
+                    gap is not None and self.voiced_end > 0 and start - self.voiced_end < gap
+                )
+                if not self.continuation:
+                    self.utterance_start = start
+                    if gap is not None:
+                        self.script.next_utterance()
                 self.in_speech, self.consumed = True, False
                 self.seg_start = self.span_start = start
                 self.interim_words = 0
@@ -289,15 +359,16 @@ class _Listen:
                         {"type": "SpeechStarted", "channel": [0, 1], "timestamp": round(start, 3)}
                     )
             self.voiced_end = self.audio_time
-            if self.interims and not self.consumed and self.audio_time >= self.next_interim:
+            fresh = not self.consumed and not self.continuation
+            if self.interims and fresh and self.audio_time >= self.next_interim:
                 self.next_interim += self.cfg.interim_every
                 self.interim_words += 1
-                words = self.fake._remaining()[: self.interim_words]
+                words = self.script.remaining()[: self.interim_words]
                 await self._results(
                     " ".join(words), self.span_start, self.audio_time - self.span_start, False
                 )
             every = self.cfg.final_every
-            if every and not self.consumed and self.audio_time - self.span_start >= every:
+            if every and fresh and self.audio_time - self.span_start >= every:
                 await self._partial_final()
             return
         if self.in_speech:
@@ -327,10 +398,10 @@ class _Listen:
 
     async def _partial_final(self) -> None:
         # Deepgram finalises long speech in pieces; keep one word back for the speech_final.
-        count = min(self.interim_words, len(self.fake._remaining()) - 1)
+        count = min(self.interim_words, len(self.script.remaining()) - 1)
         if count <= 0:
             return
-        text = self.fake._take(count)
+        text = self.script.take(count)
         start, self.span_start = self.span_start, self.audio_time
         self.interim_words = 0
         self.finalized_to = self.audio_time
@@ -346,11 +417,23 @@ class _Listen:
     async def _final(
         self, start: float, end: float, *, speech_final: bool = False, from_finalize: bool = False
     ) -> None:
-        text = self.fake._take()
+        text = self._segment_text(end)
         self.finalized_to = max(self.finalized_to, end)
         if text:
             self.last_word_end = end
         await self._results(text, start, end - start, True, speech_final, from_finalize)
+
+    def _segment_text(self, end: float) -> str:
+        """The words a final ending at audio time `end` carries."""
+        seconds = self.script.spoken_seconds()
+        if self.cfg.utterance_gap is None or seconds is None:
+            return "" if self.continuation else self.script.take()
+        total = len(self.script.words())
+        spoken = end - self.utterance_start
+        if spoken >= seconds - 0.1 or total == 0:
+            return self.script.take()
+        count = min(total - 1, round(total * spoken / seconds)) - self.script.word_offset
+        return self.script.take(count) if count > 0 else ""
 
     async def _results(
         self,

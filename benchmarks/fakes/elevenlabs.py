@@ -1,11 +1,14 @@
 """A protocol-faithful fake of ElevenLabs multi-context TTS (protocols.md §3.2 and §6).
 
-`/v1/text-to-speech/{voice_id}/multi-stream-input` with `output_format=ulaw_8000`. Text sent to a
+`/v1/text-to-speech/{voice_id}/multi-stream-input` with `output_format=ulaw_8000` (AVA) or
+`pcm_<rate>` (s16le, what pipecat asks for). Text sent to a
 context is buffered; a flush generates it: after `first_byte_latency`, audio chunks of about
 `chunk_chars` characters each (`seconds_per_char` of audio per character, a different pitch per
 context) with a character alignment relative to the chunk, paced `realtime_factor` times faster
-than real time. `close_context` lets a flush in progress finish (the API's contract) and then sends
-`{"isFinal": true, "contextId": …}`; contexts flush concurrently, so their chunks interleave.
+than real time. With `auto_mode=true` (pipecat sets it) every text message is generated as it
+arrives, as if flushed: ElevenLabs then skips its chunk-length buffering. `close_context` lets a
+flush in progress finish (the API's contract) and then sends `{"isFinal": true, "contextId": …}`;
+contexts flush concurrently, so their chunks interleave.
 """
 
 from __future__ import annotations
@@ -21,9 +24,18 @@ from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from benchmarks.fakes.server import REJECT_STATUS, Fault, FaultSwitch, speech_like_ulaw
+from benchmarks.fakes.server import (
+    REJECT_STATUS,
+    Fault,
+    FaultSwitch,
+    speech_like_pcm16,
+    speech_like_ulaw,
+)
 
-__all__ = ["ContextRecord", "ElevenLabsFake", "ElevenLabsFakeConfig"]
+__all__ = ["ContextRecord", "ElevenLabsFake", "ElevenLabsFakeConfig", "OUTPUT_FORMATS"]
+
+# ElevenLabs' streaming formats the fake produces: μ-law at 8 kHz, or s16le PCM at a rate.
+OUTPUT_FORMATS = ("ulaw_8000", "pcm_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100")
 
 
 @dataclass
@@ -88,8 +100,10 @@ class ElevenLabsFake:
             await self._deny(websocket, 401, "Invalid API key")
             return
         params = dict(websocket.query_params)
-        if params.get("output_format") != "ulaw_8000" or not params.get("model_id"):
-            await self._deny(websocket, 400, "The fake needs model_id and output_format=ulaw_8000")
+        if params.get("output_format") not in OUTPUT_FORMATS or not params.get("model_id"):
+            await self._deny(
+                websocket, 400, f"The fake needs model_id and output_format in {OUTPUT_FORMATS}"
+            )
             return
         fault = self._faults.take(self.config.fault, self.config.fault_count)
         if fault in REJECT_STATUS:
@@ -98,7 +112,14 @@ class ElevenLabsFake:
         self.query.append(params)
         self.connections += 1
         await websocket.accept()
-        connection = _Connection(self, websocket, fault, authorised=key is not None)
+        connection = _Connection(
+            self,
+            websocket,
+            fault,
+            authorised=key is not None,
+            output=params["output_format"],
+            auto_mode=params.get("auto_mode") == "true",
+        )
         try:
             await connection.run()
         except* _Stop:
@@ -109,9 +130,18 @@ class ElevenLabsFake:
 
 class _Connection:
     def __init__(
-        self, fake: ElevenLabsFake, websocket: WebSocket, fault: Fault | None, authorised: bool
+        self,
+        fake: ElevenLabsFake,
+        websocket: WebSocket,
+        fault: Fault | None,
+        authorised: bool,
+        output: str = "ulaw_8000",
+        auto_mode: bool = False,
     ) -> None:
+        self.auto_mode = auto_mode
         self.fake = fake
+        kind, rate = output.split("_")
+        self.pcm_rate = int(rate) if kind == "pcm" else None
         self.cfg = fake.config
         self.ws = websocket
         self.fault = fault
@@ -179,7 +209,7 @@ class _Connection:
         text = data.get("text")
         if isinstance(text, str) and text.strip():
             record.text += text
-        if data.get("flush"):
+        if data.get("flush") or (self.auto_mode and record.text.strip()):
             pending, record.text = record.text, ""
             record.spoken += pending
             if pending.strip():
@@ -209,8 +239,12 @@ class _Connection:
             phase = 0
             for chunk in _chunks(text, self.cfg.chunk_chars):
                 seconds = len(chunk) * self.cfg.seconds_per_char
-                audio = speech_like_ulaw(seconds, pitch=pitch, phase=phase)
-                phase += len(audio)
+                if self.pcm_rate is None:
+                    audio = speech_like_ulaw(seconds, pitch=pitch, phase=phase)
+                    phase += len(audio)
+                else:
+                    audio = speech_like_pcm16(seconds, self.pcm_rate, pitch=pitch, phase=phase)
+                    phase += len(audio) // 2
                 ms = self.cfg.seconds_per_char * 1000
                 alignment = {
                     "chars": list(chunk),

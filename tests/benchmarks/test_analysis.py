@@ -70,3 +70,14 @@ def test_outbound_gaps_only_inside_an_utterance() -> None:
     # 1.2 → 1.3 is a 100 ms underrun inside the reply; 1.5 → 5.0 spans a caller turn at 3.0
     assert outbound_gaps(played, boundaries=[3.0]) == [pytest.approx(0.1)]
     assert outbound_gaps(played, boundaries=[]) == [pytest.approx(0.1), pytest.approx(3.5)]
+
+
+def test_a_reply_cut_by_a_clear_and_the_next_reply_are_not_a_gap() -> None:
+    trace = CallTrace()
+    trace.received = [(1.0 + i * 0.1, True) for i in range(12)]
+    trace.voiced_sent = frames(1.5, 2.5)  # barge-in from 1.5 s to 2.5 s
+    trace.clears = [1.75]
+    # the first reply played 1.0 → 1.75 (cut), the answer to the barge-in starts at 3.3
+    trace.played = [(1.0 + i * 0.1, TONE) for i in range(7)] + [(1.7, TONE[:400])]
+    trace.played += [(3.3, TONE), (3.4, TONE), (3.6, TONE)]  # …and runs dry 3.5 → 3.6
+    assert measure_call(trace).gaps == [pytest.approx(0.1)]

@@ -8,28 +8,32 @@ from pathlib import Path
 import pytest
 
 from benchmarks.latency import render_markdown, run_latency
-from voice.engines.synthesize import synthesize_ulaw
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 
-@pytest.fixture(scope="module")
-def question() -> bytes:
-    return synthesize_ulaw(["What are your opening hours?"])[0]
-
-
-async def test_latency_smoke_run(question: bytes, tmp_path: Path) -> None:
+async def test_latency_smoke_run(tmp_path: Path) -> None:
+    """Provider fakes, server and callers each in a process of their own, as `ava bench` runs."""
     data = await run_latency(
-        [question], calls=2, command="pytest smoke", barge_in_after=None, out_dir=tmp_path
+        calls=2,
+        command="pytest smoke",
+        out_dir=tmp_path,
+        barge_in_after=None,
+        utterances=1,
+        pin=False,
     )
     assert data["failedCalls"] == 0 and data["unansweredTurns"] == 0
     assert data["voiceToVoiceMs"]["count"] == 2
+    # fakes: STT final 150 ms after speech, LLM 300 ms, TTS 150 ms; the caller hears the sum
+    assert 600 < data["voiceToVoiceMs"]["p50"] < 2000
     assert data["greetingMs"]["count"] == 2 and data["greetingMs"]["max"] < 100
     server = data["serverBreakdownMs"]
     assert server["server"]["count"] == 2 and server["server"]["max"] < 100
-    assert 0 < data["serverCpuSecondsPerCallMinute"]
+    assert server["tts_ttfb"]["p50"] >= 150
+    assert 0 < data["serverCpuSecondsPerCallMinute"] and data["callerCpuSeconds"] > 0
     written = json.loads((tmp_path / "latency.json").read_text())
     assert written["voiceToVoiceMs"] == data["voiceToVoiceMs"]
     table = render_markdown(data)
     assert "| voice-to-voice (phone) | 2 |" in table
-    assert (tmp_path / "server.log").exists()
+    work = tmp_path / "work"
+    assert (work / "server-cli.log").exists() and (work / "providers.log").exists()

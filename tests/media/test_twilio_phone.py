@@ -18,6 +18,7 @@ from media.twilio.messages import (
     ProtocolError,
     Start,
     Stop,
+    encode_inbound,
     encode_outbound,
     parse_inbound,
 )
@@ -248,3 +249,14 @@ def test_counters() -> None:
     assert line.marks_echoed == 0
     assert len(line.due_messages(0.05)) == 1
     assert line.marks_echoed == 1
+
+
+def test_media_text_is_exactly_what_encode_inbound_makes() -> None:
+    """`media()` builds its JSON from a template for speed; it must not drift from the codec."""
+    line = PhoneLine(stream_sid="MZ" + "ab" * 16)
+    line.start(0.0)
+    for n, frame in enumerate([bytes(range(160)), b"\xff" * 160, b"\x00" * 80]):
+        text = line.media(frame, 0.02 * n)
+        parsed = parse_inbound(text)
+        assert isinstance(parsed, Media) and parsed.payload == frame
+        assert text == encode_inbound(parsed)

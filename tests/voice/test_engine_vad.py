@@ -61,7 +61,8 @@ def test_silero_still_hears_speech_after_long_silence(
     stream = silero_vad.stream()
     pcm = ulaw_to_pcm16(ulaw_silence(8000 * 20) + engine_question_clip.ulaw)
     results = [stream.process(pcm[i : i + FRAME]) for i in range(0, len(pcm), FRAME)]
-    assert stream.resets >= 5  # state cleared about every 2 s of silence
+    # state cleared once the quiet began (then not run at all while it lasts)
+    assert stream.resets >= 1 and stream.skipped > 8000 * 20 // 256 - 10
     tail = scores(results[-len(engine_question_clip.ulaw) // 160 :])
     assert tail.max() > 0.9
 

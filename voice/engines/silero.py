@@ -30,6 +30,17 @@ _CONTEXT = 32
 _RESET_INTERVAL_WINDOWS = int(2.0 * _SAMPLE_RATE / _WINDOW)
 _RESET_MAX_CONFIDENCE = 0.1
 _RESET_LOW_WINDOWS = 5
+# A window this quiet is not speech whatever the recurrent state says. Silero's state holds
+# its probability near 1 for 100–250 ms after a phrase ends (the model's own hangover); the
+# turn's silence timer would start that late. pipecat gates its VAD on volume for the same
+# reason. -45 dBFS is far below telephone speech (-15…-30 dBFS) and above line noise.
+_SILENCE_DBFS = -45.0
+_SILENCE_MEAN_SQUARE = 10 ** (_SILENCE_DBFS / 10)
+# After this many quiet windows (160 ms) the model is not run at all until the audio is loud
+# again, and its state is reset instead: a caller listening to the assistant is quiet most of a
+# call, and the inference is most of the VAD's cost. A reset state is what pipecat's periodic
+# reset in quiet gives too, and speech onsets from it are detected as at the call's start.
+_SKIP_AFTER_QUIET_WINDOWS = 5
 
 
 class SileroVad:
@@ -59,7 +70,9 @@ class SileroVadStream:
         self._state: npt.NDArray[np.float32] = np.zeros((2, 1, 128), dtype=np.float32)
         self._windows_since_reset = 0
         self._low_windows = 0
+        self._quiet_windows = 0
         self.resets = 0
+        self.skipped = 0  # windows not run through the model (quiet)
 
     def reset(self) -> None:
         self._state = np.zeros((2, 1, 128), dtype=np.float32)
@@ -75,10 +88,25 @@ class SileroVadStream:
             window = np.frombuffer(bytes(self._pending[:_WINDOW_BYTES]), dtype="<i2")
             # Slide the last 32 samples of the previous window in as this window's context.
             self._input[0, :_CONTEXT] = self._input[0, _WINDOW:]
-            self._input[0, _CONTEXT:] = window * (1.0 / 32768.0)
+            samples = self._input[0, _CONTEXT:]
+            samples[:] = window * (1.0 / 32768.0)
             del self._pending[:_WINDOW_BYTES]
-            probability = self._run()
-            self._maybe_reset(probability)
+            if float(np.dot(samples, samples)) >= _SILENCE_MEAN_SQUARE * _WINDOW:
+                self._quiet_windows = 0
+                probability = self._run()
+                self._maybe_reset(probability)
+                continue
+            self._quiet_windows += 1
+            if self._quiet_windows < _SKIP_AFTER_QUIET_WINDOWS:
+                # Still run: the state must see the end of the phrase it is in.
+                self._maybe_reset(self._run())
+            elif self._quiet_windows == _SKIP_AFTER_QUIET_WINDOWS:
+                self._state = np.zeros((2, 1, 128), dtype=np.float32)
+                self._windows_since_reset = 0
+                self.resets += 1
+            else:
+                self.skipped += 1
+            probability = 0.0
         return probability
 
     def _run(self) -> float:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from media.resample import resample_once
-from voice.engines.executor import load_onnx_session
+from voice.engines.executor import background_priority, load_onnx_session
 from voice.engines.mel import N_FRAMES, N_MELS, SAMPLE_RATE, log_mel_spectrogram
 from voice.errors import ConfigError, ProviderError
 
@@ -36,7 +36,9 @@ class SmartTurn:
             raise ConfigError(f"{path} is not a smart-turn v3 model (inputs {inputs})")
 
     def completion_probability(self, pcm16: bytes, sample_rate: int) -> float:
-        """Probability in [0, 1] that the turn is complete. Blocking (CPU-heavy)."""
+        """Probability in [0, 1] that the turn is complete. Blocking (CPU-heavy): call it from a
+        worker thread, which it lowers to background priority (the media loop comes first)."""
+        background_priority()
         pcm16 = pcm16[: len(pcm16) & ~1]
         if sample_rate != SAMPLE_RATE:
             # Only the tail matters; cutting before resampling saves work on long turns.
