@@ -47,7 +47,9 @@ def _speakable(text: str) -> str:
 class PhraseChunker:
     """Cuts one streamed reply into phrases. Use a new chunker for each reply."""
 
-    def __init__(self, first_min_chars: int = 12, min_chars: int = 60) -> None:
+    # The first phrase is what the caller waits for: cut it at the first clause that is worth
+    # saying alone ("Let me check," / "You said:"), but not at a lone "Sure," or "Hi,".
+    def __init__(self, first_min_chars: int = 8, min_chars: int = 60) -> None:
         self.first_min_chars = first_min_chars
         self.min_chars = min_chars
         self._buffer = ""  # text not yet emitted; always starts where a phrase starts

@@ -9,6 +9,9 @@ End of turn = VAD silence ≥ `vad_silence_seconds`, then both
   - the turn model calls the utterance complete, or `incomplete_timeout` of silence has passed;
 a `max_wait` of silence commits whatever text there is (an STT that never answers must not hang
 the call). While the decision is pending the session may speculate on the stable text.
+An STT that endpoints by itself (Deepgram's `speech_final`) during the caller's silence, on text
+that ends a sentence, has already decided: the turn ends at VAD silence without the turn model,
+which saves its ~45 ms of CPU per pause and the wait for its verdict.
 
 Barge-in while the assistant is audible: at speech onset the session stops sending new audio
 (`PauseOutput`); once the caller has spoken `voice_seconds` the reply is interrupted unless the
@@ -150,10 +153,16 @@ class _Turn:
     stt_done_at: float | None = None
     turn_complete: bool | None = None
     speculated: str | None = None
+    # When the STT endpointed on its own during the caller's current silence (None: it hasn't).
+    stt_endpointed_at: float | None = None
 
     def text(self) -> str:
         parts = [*self.final_text, self.interim] if self.interim else self.final_text
         return " ".join(p.strip() for p in parts if p.strip())
+
+
+def _ends_sentence(text: str) -> bool:
+    return text.rstrip().endswith((".", "?", "!"))
 
 
 class TurnTaker:
@@ -200,6 +209,12 @@ class TurnTaker:
             turn.interim = ""
             if result.speech_final and self.state is TurnState.PENDING:
                 turn.stt_done_at = now
+            elif (
+                result.speech_final
+                and self.state is TurnState.USER_SPEAKING
+                and self._unvoiced_since is not None
+            ):
+                turn.stt_endpointed_at = now
         else:
             turn.interim = text
         if self._barge_onset is not None:
@@ -304,6 +319,7 @@ class TurnTaker:
             self._speech_onset = self._voiced_since
         if self._speech_onset is None:
             return []
+        self._turn.stt_endpointed_at = None  # the caller went on: that endpoint was premature
         if self.state is TurnState.PENDING:
             # The caller resumed: the turn goes on; any speculative reply is void.
             self.state = TurnState.USER_SPEAKING
@@ -340,7 +356,12 @@ class TurnTaker:
         self.state = TurnState.PENDING
         self._speech_onset = None
         speech_end = self._unvoiced_since
-        self._turn.speech_end = speech_end
+        turn = self._turn
+        turn.speech_end = speech_end
+        if turn.stt_endpointed_at is not None and _ends_sentence(turn.text()):
+            turn.stt_done_at = turn.stt_endpointed_at
+            turn.turn_complete = True
+            return self._maybe_commit(now)
         actions: list[TurnAction] = [FinalizeStt(), RunTurnModel(speech_end)]
         if not self.config.use_turn_model:
             self._turn.turn_complete = True

@@ -44,6 +44,11 @@ def test_first_phrase_is_cut_at_the_first_clause_long_enough() -> None:
     assert " ".join(phrases) == REPLY
 
 
+def test_the_first_clause_is_cut_once_it_is_worth_saying_alone() -> None:
+    assert chunk("You said: what are your hours? We open at nine.", 100)[0] == "You said:"
+    assert chunk("Hi, how can I help you today?", 100)[0] == "Hi, how can I help you today?"
+
+
 def test_first_min_chars_is_configurable() -> None:
     assert chunk("Sure, I can help.", 100, first_min_chars=3) == ["Sure,", "I can help."]
 
@@ -60,7 +65,11 @@ def test_later_phrases_cut_at_every_sentence_or_at_a_long_clause() -> None:
     # the long middle sentence is cut at the first clause past 60 characters, not before
     assert phrases[1].endswith("every weekday;") and len(phrases[1]) >= 60
     assert "," in phrases[2]  # the clauses after it were shorter than 60
-    assert chunk("Hi there, my friend. Yes. No.", 4) == ["Hi there, my friend.", "Yes.", "No."]
+    assert chunk("Hi there, my friend. Yes. No.", 4, first_min_chars=12) == [
+        "Hi there, my friend.",
+        "Yes.",
+        "No.",
+    ]
 
 
 def test_numbers_abbreviations_urls_and_emails_are_not_split() -> None:
@@ -111,7 +120,7 @@ def test_nothing_speakable_gives_no_phrase(text: str) -> None:
 def test_phrases_are_never_empty_or_padded() -> None:
     text = "Hi there, friend.   \n\n  ...  Okay! \n - \n**Done**.  "
     for step in (1, 4, len(text)):
-        phrases = chunk(text, step)
+        phrases = chunk(text, step, first_min_chars=12)
         assert phrases == ["Hi there, friend.", "... Okay!", "Done."]
 
 

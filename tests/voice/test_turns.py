@@ -263,3 +263,36 @@ def test_onsets_are_dated_from_the_start_of_the_vad_window() -> None:
     assert turns.next_deadline() == pytest.approx(3.2)
     # the window completing at 3.228 s interrupts; undated it would take until 3.26 s
     assert feed(turns, 3.1, 3.23, 0.95) == [Interrupt(3.0)]
+
+
+def test_an_stt_endpoint_on_a_full_sentence_ends_the_turn_without_the_model() -> None:
+    turns = make()
+    actions = feed(turns, 1.0, 2.0, 0.9)
+    actions += feed(turns, 2.0, 2.15, 0.05)  # quiet, but not yet vad_silence_seconds
+    # Deepgram endpoints 150 ms after the caller stopped, before our VAD silence is up.
+    actions += turns.transcript(final("What are your hours?"), 2.15)
+    assert turns.state is TurnState.USER_SPEAKING and not of_type(actions, CommitTurn)
+    actions = feed(turns, 2.15, 2.3, 0.05)
+    assert of_type(actions, CommitTurn) == [CommitTurn("What are your hours?", 2.0, 2.15)]
+    # Decided already: no turn-model run (its CPU) and no flush of a finished transcript.
+    assert not of_type(actions, RunTurnModel) and not of_type(actions, FinalizeStt)
+
+
+def test_an_stt_endpoint_without_a_sentence_end_still_asks_the_model() -> None:
+    turns = make()
+    feed(turns, 1.0, 2.0, 0.9)
+    feed(turns, 2.0, 2.15, 0.05)
+    turns.transcript(final("I would like to"), 2.15)
+    actions = feed(turns, 2.15, 2.3, 0.05)
+    assert of_type(actions, RunTurnModel) and not of_type(actions, CommitTurn)
+
+
+def test_an_stt_endpoint_is_void_once_the_caller_goes_on() -> None:
+    turns = make()
+    feed(turns, 1.0, 2.0, 0.9)
+    feed(turns, 2.0, 2.1, 0.05)
+    turns.transcript(final("Hello."), 2.1)
+    feed(turns, 2.1, 2.6, 0.9)  # "Hello. I have a question about my bill"
+    turns.transcript(final("I have a question about my bill", speech_final=False), 2.6)
+    actions = feed(turns, 2.6, 2.9, 0.05)
+    assert of_type(actions, RunTurnModel) and not of_type(actions, CommitTurn)

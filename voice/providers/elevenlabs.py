@@ -1,7 +1,10 @@
 """ElevenLabs streaming TTS over the multi-context WebSocket (protocols.md §3.2).
 
 One socket per `ElevenLabsTts`, opened at the first `synthesize()` and kept warm between phrases
-(re-opened when it has dropped). Each `synthesize()` is one context:
+(re-opened when it has dropped). A drop with phrases in flight fails them (retryable: the session's
+fallback chain retries and records it); a drop while idle would otherwise be invisible, so the
+socket that replaces it is reported to `on_reconnect` (when set). Each `synthesize()` is one
+context:
 
     {"text": " ", "context_id": c, "voice_settings": {…}}     initialise the context
     {"text": "<text> ", "context_id": c, "flush": true}         generate all of it now
@@ -25,7 +28,7 @@ import contextlib
 import itertools
 import json
 import uuid
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -105,6 +108,7 @@ class ElevenLabsTts:
         stall_timeout: float = 5.0,
         max_contexts: int = 5,
         queue_chunks: int = 256,
+        on_reconnect: Callable[[ProviderError], None] | None = None,
     ) -> None:
         if min(first_byte_timeout, connect_timeout, stall_timeout) <= 0:
             raise ValueError("timeouts must be positive")
@@ -138,6 +142,8 @@ class ElevenLabsTts:
         self._ids = itertools.count(1)
         self._prefix = uuid.uuid4().hex[:8]
         self._closed = False
+        self.on_reconnect = on_reconnect
+        self._lost: str | None = None  # how an idle socket dropped, not yet reported
         self.connections = 0  # sockets opened over this object's life
         self.dropped_chunks = 0  # late audio of abandoned contexts
 
@@ -276,6 +282,7 @@ class ElevenLabsTts:
                         additional_headers={"xi-api-key": self._api_key},
                         open_timeout=None,  # the asyncio deadline above owns the budget
                         close_timeout=1.0,
+                        compression=None,  # μ-law and base64 JSON: deflate only costs CPU
                         proxy=None,  # no ambient proxy configuration from the environment
                     )
             if self._closed:
@@ -283,6 +290,11 @@ class ElevenLabsTts:
                 raise ProviderError(self.name, "closed while connecting", retryable=False)
             self._ws = ws
             self.connections += 1
+            lost, self._lost = self._lost, None
+            if lost is not None and self.on_reconnect is not None:
+                self.on_reconnect(
+                    ProviderError(self.name, f"{lost}; reconnected while idle", retryable=True)
+                )
             reader = asyncio.create_task(self._read(ws), name="elevenlabs-reader")
             self._readers.add(reader)
             reader.add_done_callback(self._readers.discard)
@@ -290,22 +302,30 @@ class ElevenLabsTts:
 
     async def _read(self, ws: ClientConnection) -> None:
         error = ProviderError(self.name, "socket reader stopped", retryable=not self._closed)
+        dropped: str | None = None  # a failure, not a normal close (idle sockets time out)
         try:
             async for message in ws:
                 await self._route(message)
             error = ProviderError(self.name, "socket closed by the server", retryable=True)
         except ConnectionClosed as exc:
             error = ProviderError(self.name, describe_close(exc), retryable=True)
+            # A close frame below 1011 is the server ending the socket on purpose (an idle
+            # socket's inactivity timeout): routine for a warm socket, not a failure.
+            if exc.rcvd is None or exc.rcvd.code >= 1011:
+                dropped = describe_close(exc)
         except ProviderError as exc:
-            error = exc
+            error, dropped = exc, str(exc).removeprefix(f"{self.name}: ")
             await ws.close()
         finally:
             # Whatever ended the reader, the contexts on this socket will get no more audio.
             if self._ws is ws:
                 self._ws = None
-            for context in [c for c in self._contexts.values() if c.ws is ws]:
+            in_flight = [c for c in self._contexts.values() if c.ws is ws]
+            for context in in_flight:
                 self._release(context)
                 _put_error(context, error)
+            if dropped is not None and not in_flight and not self._closed:
+                self._lost = dropped  # no phrase saw it fail: the next socket reports it
 
     async def _route(self, message: str | bytes) -> None:
         if isinstance(message, bytes):
