@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from control.settings import Settings
-from control.stores import open_stores
+from control.stores import open_stores, server_secret
 from storage import NotFound, NotMigrated, current_revision, display_url, head_revision, upgrade
 
 __all__ = ["run_admin"]
@@ -27,7 +27,7 @@ async def run_admin(settings: Settings, args: argparse.Namespace) -> int:
     url = settings.resolved_database_url()
     if args.command == "db":
         if args.action == "upgrade":
-            await upgrade(url)
+            await upgrade(url, secret_key=server_secret(settings))
             _err(f"database at {display_url(url)} is at revision {head_revision()}")
         else:
             _out(await current_revision(url) or "(not migrated)")

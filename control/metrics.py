@@ -83,6 +83,12 @@ class Metrics:
             ["provider", "stage", "retryable"],
             registry=r,
         )
+        self.provider_reconnects = Counter(
+            "ava_provider_reconnects",
+            "Dropped provider sockets the adapter reconnected by itself (also provider errors)",
+            ["provider", "stage"],
+            registry=r,
+        )
         self.frame_lateness = Histogram(
             "ava_outbound_frame_lateness_seconds",
             "How long after its pacing schedule each outbound audio chunk was released",
@@ -119,6 +125,8 @@ class Metrics:
                 stage=event.stage,
                 retryable=str(event.retryable).lower(),
             ).inc()
+            if event.recovered:
+                self.provider_reconnects.labels(provider=event.provider, stage=event.stage).inc()
         elif isinstance(event, CallStarted):
             self.calls_started.labels(transport=event.transport).inc()
         elif isinstance(event, CallEnded):

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     # Signs stream tokens. Empty: a random key per process (fine for one dev process only).
     secret_key: SecretStr = SecretStr("")
     stream_token_ttl_seconds: float = Field(default=60, gt=0)
+    # An inbound call's `assistant-request` webhook must answer within this (Vapi: 7.5 s fixed;
+    # Twilio gives the voice webhook 15 s).
+    assistant_request_timeout_seconds: float = Field(default=7.5, gt=0, le=14)
     assistant_file: Path = _SAMPLE_ASSISTANT
     data_dir: Path = Path("var")
     # sqlite+aiosqlite:///path or postgresql+asyncpg://user:pass@host/db. Empty: SQLite in data_dir.

@@ -77,11 +77,12 @@ async def open_stores(settings: Settings, *, check_migrated: bool = True) -> Sto
         raise
     sessions = make_sessionmaker(engine)
     secret = server_secret(settings)
+    box = SecretBox.from_secret(secret)
     return Stores(
         engine=engine,
         tenants=TenantStore(sessions, secret_key=secret),
-        assistants=AssistantStore(sessions),
-        tools=ToolStore(sessions),
-        phone_numbers=PhoneNumberStore(sessions, SecretBox.from_secret(secret)),
+        assistants=AssistantStore(sessions, box),
+        tools=ToolStore(sessions, box),
+        phone_numbers=PhoneNumberStore(sessions, box),
         calls=CallStore(sessions),
     )

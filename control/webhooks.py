@@ -1,24 +1,21 @@
-"""Vapi server messages delivered to the assistant's `server.url`, off the call's hot path.
+"""Vapi server messages delivered to the call's server, off the call's hot path.
 
-`WebhookSender` is an `EventSink`: `emit` only builds the message and puts it on a bounded queue
-(overflow policy: the new message is dropped and counted in `dropped`, so a dead receiver can
-never slow or stop a call). A few worker tasks POST the queue, signed as
-`voice.server_messages` describes, each within the server's `timeoutSeconds`; a 5xx, 429,
-timeout or connection error is retried with exponential backoff (`max_attempts` in all), any
-other status is final. The messages sent, when the assistant's `serverMessages` lists them
-(Vapi's default list does):
+`WebhookSender` is an `EventSink`: `emit` only turns the event into messages
+(`voice.call_messages`, which also applies the assistant's `serverMessages`) and puts them on a
+bounded queue (overflow policy: the new message is dropped and counted in `dropped`, so a dead
+receiver can never slow or stop a call). Each call's messages go to one of `workers` queues
+(by call id), each drained by one worker, so a call's messages arrive in the order they
+happened; a receiver that is slow or retried holds up the calls sharing its worker, never the
+calls themselves. Each POST is signed as `voice.server_messages` describes, within the server's
+`timeoutSeconds`; a 5xx, 429, timeout or connection error is retried with exponential backoff
+(`max_attempts` in all), any other status is final.
 
-- `status-update` with `status: "in-progress"` when the call starts, `"ended"` (and
-  `endedReason`) when it ends;
-- `end-of-call-report` after the call: `endedReason`, `startedAt`, `endedAt`, `durationSeconds`,
-  `cost`, `costs`, `messages`, `transcript`, and the same inside `artifact` (Vapi sends both the
-  legacy top-level fields and `artifact`; community handlers read either).
+Where they go (Vapi's precedence): the assistant's `server.url`, else the phone number's
+(`register(…, fallback_server=)`). A call is sent webhooks only if `register` was called before
+it started (the media and WebRTC routes do it) and one of them has a URL.
 
-Costs are usage, priced at 0: AVA has no price table (a self-hosted server pays its providers
-directly); `costs` carries minutes, LLM tokens and TTS characters so a receiver can price them.
-
-A call is sent webhooks only if `register(call_id, assistant)` was called before it started
-(the media route does it) and its assistant has a `server.url`.
+`hang`: when the caller's turn has been committed and the assistant has not started answering
+within `hang_seconds` (a timer on the event loop), one `hang` message is sent for that turn.
 """
 
 from __future__ import annotations
@@ -27,34 +24,33 @@ import asyncio
 import contextlib
 import logging
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
 from voice.assistant import Assistant
-from voice.events import CallEnded, CallEvent, CallStarted, MessageAdded
+from voice.call_messages import CallMessages, Outgoing
+from voice.events import CallEnded, CallEvent
 from voice.server_messages import ServerTarget, call_json, encode, envelope, public_assistant
 
-__all__ = ["WebhookSender", "running_webhooks"]
+__all__ = ["HANG_SECONDS", "WebhookSender", "running_webhooks"]
 
 log = logging.getLogger("ava.webhooks")
 
-_MAX_MESSAGES = 2000  # per call kept for the report; a longer call's report keeps the first ones
 _RETRY_STATUS = frozenset({408, 425, 429})
+HANG_SECONDS = 5.0
 
 
 @dataclass(slots=True)
 class _Call:
     target: ServerTarget
-    wanted: frozenset[str]
     assistant: dict[str, Any]
-    metadata: dict[str, str] = field(default_factory=dict)
-    started_wall: float | None = None
-    messages: list[dict[str, Any]] = field(default_factory=list)
+    state: CallMessages
+    hang_timer: asyncio.TimerHandle | None = field(default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,14 +59,6 @@ class Delivery:
     kind: str
     target: ServerTarget
     message: dict[str, Any]
-
-
-def _iso(seconds: float) -> str:
-    return (
-        datetime.fromtimestamp(seconds, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
 
 
 class WebhookSender:
@@ -82,14 +70,18 @@ class WebhookSender:
         max_attempts: int = 4,
         backoff_seconds: float = 0.5,
         max_backoff_seconds: float = 8.0,
+        hang_seconds: float = HANG_SECONDS,
         wall_clock: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._queue: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=queue_size)
-        self._workers = workers
+        per_worker = max(1, queue_size // workers)
+        self._queues: list[asyncio.Queue[Delivery]] = [
+            asyncio.Queue(maxsize=per_worker) for _ in range(workers)
+        ]
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
         self.max_backoff_seconds = max_backoff_seconds
+        self.hang_seconds = hang_seconds
         self._wall = wall_clock
         self._transport = transport
         self._calls: dict[str, _Call] = {}
@@ -99,81 +91,79 @@ class WebhookSender:
 
     # --- the sink side (the call's event loop turn: never blocks, never raises) ---------------
 
-    def register(self, call_id: str, assistant: Assistant) -> None:
-        """Send this call's messages to its assistant's server (if it has one)."""
-        try:
-            target = ServerTarget.from_config(assistant.server)
-        except ValueError as exc:
-            log.warning("call %s: no webhooks: %s", call_id, exc)
+    def register(
+        self,
+        call_id: str,
+        assistant: Assistant,
+        fallback_server: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Send this call's messages to its assistant's server, else `fallback_server` (its
+        phone number's), if either has a URL."""
+        target = None
+        for config in (assistant.server, fallback_server):
+            try:
+                target = ServerTarget.from_config(config)
+            except ValueError as exc:
+                log.warning("call %s: server not usable for webhooks: %s", call_id, exc)
+            if target is not None:
+                break
+        if target is None:
             return
-        if target is not None:
-            wanted = frozenset(assistant.server_messages)
-            self._calls[call_id] = _Call(target, wanted, public_assistant(assistant))
+        prompt = assistant.model.system_prompt
+        prompts = (prompt,) if prompt else ()
+        public = public_assistant(assistant)
+        state = CallMessages(
+            call_id,
+            frozenset(assistant.server_messages),
+            prompts,
+            model=public.get("model", {}),
+            voice=public.get("voice", {}),
+        )
+        self._calls[call_id] = _Call(target, public, state)
 
     def emit(self, event: CallEvent) -> None:
         call = self._calls.get(event.call_id)
         if call is None:
             return
-        if isinstance(event, CallStarted):
-            call.metadata = dict(event.metadata)
-            call.started_wall = event.wall - event.at
-            self._send(event.call_id, call, "status-update", status="in-progress")
-        elif isinstance(event, MessageAdded):
-            if len(call.messages) < _MAX_MESSAGES:
-                call.messages.append(_message(event, call.started_wall))
-        elif isinstance(event, CallEnded):
+        if isinstance(event, CallEnded):
             del self._calls[event.call_id]
-            self._ended(event, call)
+        self._queue_all(event.call_id, call, call.state.on(event, self._wall()))
+        self._arm_hang(event.call_id, call, ended=isinstance(event, CallEnded))
 
-    def _ended(self, event: CallEnded, call: _Call) -> None:
-        reason = event.reason.value
-        self._send(event.call_id, call, "status-update", status="ended", endedReason=reason)
-        started = call.started_wall if call.started_wall is not None else self._wall() - event.at
-        ended = started + event.at
-        usage = event.summary.get("usage", {}) if isinstance(event.summary, Mapping) else {}
-        openai = event.summary.get("messages", []) if isinstance(event.summary, Mapping) else []
-        transcript = "\n".join(
-            f"{'AI' if m['role'] == 'bot' else 'User'}: {m['message']}"
-            for m in call.messages
-            if m["role"] in ("bot", "user") and m["message"]
-        )
-        costs = [
-            {"type": "transport", "provider": "twilio", "minutes": round(event.at / 60, 4),
-             "cost": 0},
-            {"type": "model", "promptTokens": int(usage.get("promptTokens", 0)),
-             "completionTokens": int(usage.get("completionTokens", 0)), "cost": 0},
-            {"type": "voice", "characters": int(usage.get("characters", 0)), "cost": 0},
-        ]  # fmt: skip
-        artifact = {
-            "messages": call.messages,
-            "messagesOpenAIFormatted": openai,
-            "transcript": transcript,
-        }
-        self._send(
-            event.call_id, call, "end-of-call-report",
-            endedReason=reason, endedMessage=event.detail,
-            startedAt=_iso(started), endedAt=_iso(ended),
-            durationSeconds=round(event.at, 3), durationMs=round(event.at * 1000),
-            cost=0, costs=costs, messages=call.messages, transcript=transcript,
-            summary="", artifact=artifact, analysis={},
-        )  # fmt: skip
+    def _arm_hang(self, call_id: str, call: _Call, ended: bool) -> None:
+        armed = call.state.hang_armed and not ended and "hang" in call.state.wanted
+        if armed and call.hang_timer is None:
+            loop = asyncio.get_running_loop()
+            call.hang_timer = loop.call_later(self.hang_seconds, self._hang, call_id, call)
+        elif not armed and call.hang_timer is not None:
+            call.hang_timer.cancel()
+            call.hang_timer = None
 
-    def _send(self, call_id: str, call: _Call, kind: str, **fields: Any) -> None:
-        if kind not in call.wanted:
-            return
-        status = fields.get("status", "ended" if kind == "end-of-call-report" else "in-progress")
-        message = envelope(
-            kind,
-            round(self._wall() * 1000),
-            call_json(call_id, call.metadata, status),
-            assistant=call.assistant,
-            **fields,
-        )
-        try:
-            self._queue.put_nowait(Delivery(call_id, kind, call.target, message))
-        except asyncio.QueueFull:
-            self.dropped += 1
-            log.error("webhook queue full: %s for call %s dropped", kind, call_id)
+    def _hang(self, call_id: str, call: _Call) -> None:
+        call.hang_timer = None
+        if self._calls.get(call_id) is call:
+            self._queue_all(call_id, call, call.state.hang())
+
+    def _queue_all(self, call_id: str, call: _Call, messages: list[Outgoing]) -> None:
+        for kind, fields in messages:
+            status = fields.get("status")
+            if kind != "status-update" or not isinstance(status, str):
+                status = "ended" if kind == "end-of-call-report" else "in-progress"
+            now = self._wall()
+            started = call.state.started_wall
+            message = envelope(
+                kind,
+                round(now * 1000),
+                call_json(call_id, call.state.metadata, status, started or now, now),
+                assistant=call.assistant,
+                **fields,
+            )
+            queue = self._queues[zlib.crc32(call_id.encode()) % len(self._queues)]
+            try:
+                queue.put_nowait(Delivery(call_id, kind, call.target, message))
+            except asyncio.QueueFull:
+                self.dropped += 1
+                log.error("webhook queue full: %s for call %s dropped", kind, call_id)
 
     # --- the delivery side ----------------------------------------------------------------------
 
@@ -181,27 +171,28 @@ class WebhookSender:
         """Deliver until cancelled."""
         async with httpx.AsyncClient(transport=self._transport, follow_redirects=False) as http:
             async with asyncio.TaskGroup() as tg:
-                for _ in range(self._workers):
-                    tg.create_task(self._worker(http))
+                for queue in self._queues:
+                    tg.create_task(self._worker(http, queue))
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        return sum(q.qsize() for q in self._queues)
 
     async def flush(self) -> None:
         """Wait until everything queued so far has been delivered or given up."""
-        await self._queue.join()
+        for queue in self._queues:
+            await queue.join()
 
-    async def _worker(self, http: httpx.AsyncClient) -> None:
+    async def _worker(self, http: httpx.AsyncClient, queue: asyncio.Queue[Delivery]) -> None:
         while True:
-            delivery = await self._queue.get()
+            delivery = await queue.get()
             try:
                 if await self._deliver(http, delivery):
                     self.delivered += 1
                 else:
                     self.failed += 1
             finally:
-                self._queue.task_done()
+                queue.task_done()
 
     async def _deliver(self, http: httpx.AsyncClient, delivery: Delivery) -> bool:
         target = delivery.target
@@ -237,24 +228,6 @@ class WebhookSender:
         if 200 <= status < 300:
             return None
         return status >= 500 or status in _RETRY_STATUS, f"HTTP {status}"
-
-
-def _message(event: MessageAdded, started_wall: float | None) -> dict[str, Any]:
-    """A Vapi `messages[]` entry (role bot/user/tool_calls/tool_call_result)."""
-    message: dict[str, Any] = {
-        "role": event.role,
-        "message": event.content,
-        "secondsFromStart": round(event.at, 3),
-    }
-    if started_wall is not None:
-        message["time"] = round((started_wall + event.at) * 1000)
-    if event.duration:
-        message["duration"] = round(event.duration * 1000)
-    if event.role == "tool_calls":
-        message["toolCalls"] = list(event.tool_calls)
-    elif event.role == "tool_call_result":
-        message |= {"toolCallId": event.tool_call_id, "name": event.name, "result": event.content}
-    return message
 
 
 @asynccontextmanager

@@ -17,7 +17,19 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from storage.errors import DecryptionFailed
 
-__all__ = ["SecretBox", "derive_key", "derive_subkey"]
+__all__ = [
+    "SEALED",
+    "SecretBox",
+    "derive_key",
+    "derive_subkey",
+    "open_secrets",
+    "seal_secrets",
+    "without_secrets",
+]
+
+# A secret inside stored JSON config becomes `{"$sealed": "<Fernet token>"}`: an object, so
+# no plain string a tenant might choose as a secret can be mistaken for an encrypted one.
+SEALED = "$sealed"
 
 
 def derive_subkey(secret_key: str, purpose: str, length: int = 32) -> bytes:
@@ -72,3 +84,50 @@ class SecretBox:
         if not isinstance(value, dict):
             raise DecryptionFailed("stored secret is not a JSON object")
         return value
+
+
+def _is_secret(key: str, in_server: bool) -> bool:
+    # Vapi's `server.secret` (on assistants, tools, inline tools and phone numbers) and the
+    # legacy top-level `serverUrlSecret`, wherever a config nests them.
+    return key == "serverUrlSecret" or (in_server and key == "secret")
+
+
+def seal_secrets(value: Any, box: SecretBox, *, in_server: bool = False) -> Any:
+    """A copy of the JSON `value` with every provider secret encrypted (already-sealed ones
+    and non-string values are left as they are)."""
+    if isinstance(value, list):
+        return [seal_secrets(v, box) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if _is_secret(key, in_server) and isinstance(item, str):
+            out[key] = {SEALED: box.encrypt(item)}
+        else:
+            out[key] = seal_secrets(item, box, in_server=key == "server")
+    return out
+
+
+def open_secrets(value: Any, box: SecretBox) -> Any:
+    """The inverse of `seal_secrets`. Raises DecryptionFailed on a wrong key or tampering."""
+    if isinstance(value, list):
+        return [open_secrets(v, box) for v in value]
+    if not isinstance(value, dict):
+        return value
+    token = value.get(SEALED)
+    if len(value) == 1 and isinstance(token, str):
+        return box.decrypt(token)
+    return {key: open_secrets(item, box) for key, item in value.items()}
+
+
+def without_secrets(value: Any, *, in_server: bool = False) -> Any:
+    """A copy of the JSON `value` with the provider secrets left out (for API responses)."""
+    if isinstance(value, list):
+        return [without_secrets(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    return {
+        key: without_secrets(item, in_server=key == "server")
+        for key, item in value.items()
+        if not _is_secret(key, in_server)
+    }

@@ -52,14 +52,15 @@ def head_revision() -> str:
     return head
 
 
-async def upgrade(url: str, revision: str = "head") -> None:
-    """Migrate the database at `url` up to `revision` (the newest by default)."""
-    await _run(url, lambda config: command.upgrade(config, revision))
+async def upgrade(url: str, revision: str = "head", *, secret_key: str | None = None) -> None:
+    """Migrate the database at `url` up to `revision` (the newest by default). `secret_key`
+    (the server's) encrypts secrets older versions stored in plain text (revision 0002)."""
+    await _run(url, lambda config: command.upgrade(config, revision), secret_key)
 
 
-async def downgrade(url: str, revision: str) -> None:
+async def downgrade(url: str, revision: str, *, secret_key: str | None = None) -> None:
     """Migrate down to `revision` ("base" drops everything AVA created)."""
-    await _run(url, lambda config: command.downgrade(config, revision))
+    await _run(url, lambda config: command.downgrade(config, revision), secret_key)
 
 
 async def current_revision(url: str) -> str | None:
@@ -98,7 +99,7 @@ async def _current(engine: AsyncEngine) -> str | None:
         return await connection.run_sync(read)
 
 
-async def _run(url: str, action: _Action) -> None:
+async def _run(url: str, action: _Action, secret_key: str | None = None) -> None:
     engine = make_engine(url)
     try:
         async with engine.begin() as connection:
@@ -106,6 +107,8 @@ async def _run(url: str, action: _Action) -> None:
             def run(sync_connection: Connection) -> None:
                 config = alembic_config(url)
                 config.attributes["connection"] = sync_connection
+                if secret_key:
+                    config.attributes["secret_key"] = secret_key
                 action(config)
 
             await connection.run_sync(run)

@@ -238,6 +238,7 @@ class CallRecorder:
                 "provider": event.provider,
                 "error": event.error,
                 "retryable": event.retryable,
+                "recovered": event.recovered,
             }
             await w.add_event(call_id, "provider-failed", data, at=at)
         elif isinstance(event, ToolCallFailed):

@@ -3,6 +3,14 @@
 Every method takes `tenant_id` first and filters on it; an id from another tenant behaves exactly
 like an id that does not exist. The one unscoped lookup, `PhoneNumberStore.route`, exists because
 an inbound call names only the dialed number.
+
+Webhook and tool secrets (`server.secret`, legacy `serverUrlSecret`, also inside inline tools) are
+encrypted with the store's `SecretBox` before they are written and decrypted when a record is
+read, so a call gets usable config while the database holds only ciphertext. They are
+write-only through the API: `to_vapi()` leaves them out, as Vapi never returns a credential.
+A PATCH whose new `server` omits `secret` keeps the stored one if the URL is unchanged (so a
+client echoing a GET back does not silently drop it; `"secret": null` clears it); a new URL
+never inherits the old secret.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.crypto import SecretBox
+from storage.crypto import SecretBox, open_secrets, seal_secrets, without_secrets
 from storage.errors import Conflict, NotFound
 from storage.tables import AssistantRow, PhoneNumberRow, ToolRow, utcnow
 from storage.vapi import iso
@@ -73,7 +81,7 @@ class AssistantRecord:
         return Assistant.model_validate(self.config)
 
     def to_vapi(self) -> dict[str, Any]:
-        return {**self.config, **_stamps(self)}
+        return {**without_secrets(self.config), **_stamps(self)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +94,7 @@ class ToolRecord:
     updated_at: datetime
 
     def to_vapi(self) -> dict[str, Any]:
-        return {**self.config, **_stamps(self)}
+        return {**without_secrets(self.config), **_stamps(self)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,15 +132,25 @@ class PhoneNumberRecord:
             "twilioAccountSid": self.twilio_account_sid,
             "status": "active",
         }
-        optional = {"name": self.name, "assistantId": self.assistant_id, "server": self.server}
+        server = None if self.server is None else without_secrets(self.server, in_server=True)
+        optional = {"name": self.name, "assistantId": self.assistant_id, "server": server}
         return out | {k: v for k, v in optional.items() if v is not None}
 
 
 class _Scoped:
-    """Tenant-filtered get/list/delete shared by the stores below."""
+    """Tenant-filtered get/list/delete shared by the stores below; `box` seals their secrets."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], box: SecretBox) -> None:
         self._sessions = sessions
+        self._box = box
+
+    def _seal(self, config: dict[str, Any]) -> dict[str, Any]:
+        sealed: dict[str, Any] = seal_secrets(config, self._box)
+        return sealed
+
+    def _open(self, config: dict[str, Any]) -> dict[str, Any]:
+        opened: dict[str, Any] = open_secrets(config, self._box)
+        return opened
 
     @staticmethod
     async def _row(
@@ -166,18 +184,20 @@ class AssistantStore(_Scoped):
     ) -> AssistantRecord:
         """Validate (raises pydantic.ValidationError) and store a Vapi-shaped assistant."""
         data = _assistant_json(config)
-        row = AssistantRow(id=str(uuid.uuid4()), tenant_id=tenant_id, name=_name(data), config=data)
+        row = AssistantRow(
+            id=str(uuid.uuid4()), tenant_id=tenant_id, name=_name(data), config=self._seal(data)
+        )
         async with self._sessions() as session, session.begin():
             session.add(row)
-        return _assistant(row)
+        return self._record(row)
 
     async def get(self, tenant_id: str, assistant_id: str) -> AssistantRecord | None:
         async with self._sessions() as session:
             row = await self._row(session, AssistantRow, tenant_id, assistant_id)
-        return None if row is None else _assistant(row)
+        return None if row is None else self._record(row)
 
     async def list(self, tenant_id: str, *, limit: int = 100) -> list[AssistantRecord]:
-        return [_assistant(r) for r in await self._list(AssistantRow, tenant_id, limit)]
+        return [self._record(r) for r in await self._list(AssistantRow, tenant_id, limit)]
 
     async def update(
         self, tenant_id: str, assistant_id: str, changes: Mapping[str, Any]
@@ -187,29 +207,39 @@ class AssistantStore(_Scoped):
             row = await self._row(session, AssistantRow, tenant_id, assistant_id)
             if row is None:
                 return None
-            row.config = _assistant_json({**row.config, **changes})
-            row.name = _name(row.config)
-        return _assistant(row)
+            current = self._open(row.config)
+            data = _assistant_json({**current, **_kept_secret(current, changes)})
+            row.config = self._seal(data)
+            row.name = _name(data)
+        return self._record(row)
 
     async def delete(self, tenant_id: str, assistant_id: str) -> bool:
         return await self._delete(AssistantRow, tenant_id, assistant_id)
+
+    def _record(self, row: AssistantRow) -> AssistantRecord:
+        return AssistantRecord(
+            row.id, row.tenant_id, row.name, self._open(row.config), row.created_at,
+            row.updated_at,
+        )  # fmt: skip
 
 
 class ToolStore(_Scoped):
     async def create(self, tenant_id: str, config: Mapping[str, Any]) -> ToolRecord:
         data = _tool_json(config)
-        row = ToolRow(id=str(uuid.uuid4()), tenant_id=tenant_id, type=data["type"], config=data)
+        row = ToolRow(
+            id=str(uuid.uuid4()), tenant_id=tenant_id, type=data["type"], config=self._seal(data)
+        )
         async with self._sessions() as session, session.begin():
             session.add(row)
-        return _tool(row)
+        return self._record(row)
 
     async def get(self, tenant_id: str, tool_id: str) -> ToolRecord | None:
         async with self._sessions() as session:
             row = await self._row(session, ToolRow, tenant_id, tool_id)
-        return None if row is None else _tool(row)
+        return None if row is None else self._record(row)
 
     async def list(self, tenant_id: str, *, limit: int = 100) -> list[ToolRecord]:
-        return [_tool(r) for r in await self._list(ToolRow, tenant_id, limit)]
+        return [self._record(r) for r in await self._list(ToolRow, tenant_id, limit)]
 
     async def update(
         self, tenant_id: str, tool_id: str, changes: Mapping[str, Any]
@@ -218,20 +248,23 @@ class ToolStore(_Scoped):
             row = await self._row(session, ToolRow, tenant_id, tool_id)
             if row is None:
                 return None
-            row.config = _tool_json({**row.config, **changes})
-            row.type = row.config["type"]
-        return _tool(row)
+            current = self._open(row.config)
+            data = _tool_json({**current, **_kept_secret(current, changes)})
+            row.config = self._seal(data)
+            row.type = data["type"]
+        return self._record(row)
 
     async def delete(self, tenant_id: str, tool_id: str) -> bool:
         return await self._delete(ToolRow, tenant_id, tool_id)
 
+    def _record(self, row: ToolRow) -> ToolRecord:
+        return ToolRecord(
+            row.id, row.tenant_id, row.type, self._open(row.config), row.created_at, row.updated_at
+        )
+
 
 class PhoneNumberStore(_Scoped):
     """Imported Twilio numbers; their credentials are encrypted with `box` before storage."""
-
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], box: SecretBox) -> None:
-        super().__init__(sessions)
-        self._box = box
 
     async def create(
         self,
@@ -254,7 +287,7 @@ class PhoneNumberStore(_Scoped):
             provider="twilio",
             name=name,
             assistant_id=assistant_id,
-            server=server,
+            server=None if server is None else self._seal_server(server),
             twilio_account_sid=credentials.account_sid,
             credentials_encrypted=self._encrypt(credentials),
         )
@@ -264,15 +297,15 @@ class PhoneNumberStore(_Scoped):
                 session.add(row)
         except IntegrityError as exc:
             raise Conflict(f"phone number {number} is already imported") from exc
-        return _phone(row)
+        return self._record(row)
 
     async def get(self, tenant_id: str, phone_number_id: str) -> PhoneNumberRecord | None:
         async with self._sessions() as session:
             row = await self._row(session, PhoneNumberRow, tenant_id, phone_number_id)
-        return None if row is None else _phone(row)
+        return None if row is None else self._record(row)
 
     async def list(self, tenant_id: str, *, limit: int = 100) -> list[PhoneNumberRecord]:
-        return [_phone(r) for r in await self._list(PhoneNumberRow, tenant_id, limit)]
+        return [self._record(r) for r in await self._list(PhoneNumberRow, tenant_id, limit)]
 
     async def update(
         self,
@@ -294,12 +327,16 @@ class PhoneNumberStore(_Scoped):
             if not isinstance(name, Unset):
                 row.name = name
             if not isinstance(server, Unset):
-                row.server = server
+                new_server = server
+                if new_server is not None and row.server is not None:
+                    current = {"server": self._open_server(row.server)}
+                    new_server = _kept_secret(current, {"server": new_server})["server"]
+                row.server = None if new_server is None else self._seal_server(new_server)
             if not isinstance(credentials, Unset):
                 row.twilio_account_sid = credentials.account_sid
                 row.credentials_encrypted = self._encrypt(credentials)
             row.updated_at = utcnow()
-        return _phone(row)
+        return self._record(row)
 
     async def delete(self, tenant_id: str, phone_number_id: str) -> bool:
         return await self._delete(PhoneNumberRow, tenant_id, phone_number_id)
@@ -318,12 +355,26 @@ class PhoneNumberStore(_Scoped):
             row = await session.scalar(
                 select(PhoneNumberRow).where(PhoneNumberRow.number == number)
             )
-        return None if row is None else _phone(row)
+        return None if row is None else self._record(row)
 
     async def any_imported(self) -> bool:
         """Whether any tenant has imported any number (else the server runs single-tenant)."""
         async with self._sessions() as session:
             return await session.scalar(select(PhoneNumberRow.id).limit(1)) is not None
+
+    def _seal_server(self, server: dict[str, Any]) -> dict[str, Any]:
+        sealed: dict[str, Any] = seal_secrets(server, self._box, in_server=True)
+        return sealed
+
+    def _open_server(self, server: dict[str, Any]) -> dict[str, Any]:
+        return self._open(server)
+
+    def _record(self, row: PhoneNumberRow) -> PhoneNumberRecord:
+        server = None if row.server is None else self._open_server(row.server)
+        return PhoneNumberRecord(
+            row.id, row.tenant_id, row.number, row.provider, row.name, row.assistant_id,
+            row.twilio_account_sid, server, row.created_at, row.updated_at,
+        )  # fmt: skip
 
     def _encrypt(self, credentials: TwilioCredentials) -> str:
         values = {
@@ -369,20 +420,17 @@ def _tool_json(config: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _assistant(row: AssistantRow) -> AssistantRecord:
-    return AssistantRecord(
-        row.id, row.tenant_id, row.name, dict(row.config), row.created_at, row.updated_at
-    )
-
-
-def _tool(row: ToolRow) -> ToolRecord:
-    return ToolRecord(
-        row.id, row.tenant_id, row.type, dict(row.config), row.created_at, row.updated_at
-    )
-
-
-def _phone(row: PhoneNumberRow) -> PhoneNumberRecord:
-    return PhoneNumberRecord(
-        row.id, row.tenant_id, row.number, row.provider, row.name, row.assistant_id,
-        row.twilio_account_sid, row.server, row.created_at, row.updated_at,
-    )  # fmt: skip
+def _kept_secret(current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """`changes`, with the stored `server.secret` carried into a new `server` object that
+    omits `secret` but keeps the same URL (a GET echoed back never shows the secret)."""
+    out = dict(changes)
+    old, new = current.get("server"), changes.get("server")
+    if (
+        isinstance(old, Mapping)
+        and isinstance(new, Mapping)
+        and "secret" not in new
+        and isinstance(old.get("secret"), str)
+        and new.get("url") == old.get("url")
+    ):
+        out["server"] = {**new, "secret": old["secret"]}
+    return out

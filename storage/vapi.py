@@ -8,6 +8,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from storage.crypto import without_secrets
+
 if TYPE_CHECKING:
     from storage.calls import CallMessage, CallRecord, CallTurn
 
@@ -32,7 +34,8 @@ def iso(value: datetime) -> str:
 
 def to_vapi(call: CallRecord) -> dict[str, Any]:
     """The Call object: top-level fields, `messages`, `artifact` (transcript, messages,
-    performance metrics) and the legacy top-level `transcript` old webhook handlers read."""
+    performance metrics), the legacy top-level `transcript` old webhook handlers read, and
+    AVA's `providerErrors` when a provider failed."""
     messages = [_message(m) for m in call.messages]
     transcript = "\n".join(
         f"{_SPEAKERS[m.role]}: {m.message}" for m in call.messages if m.role in _SPEAKERS
@@ -75,11 +78,17 @@ def to_vapi(call: CallRecord) -> dict[str, Any]:
         "performanceMetrics": _metrics(call.turns, barge_ins),
     }
     out["transcript"] = transcript
+    failures = [dict(e.data) for e in call.events if e.kind == "provider-failed"]
+    if failures:
+        # AVA extension (Vapi has no such field): every provider failure of the call, including
+        # those it survived (`recovered`: the adapter reconnected a dropped socket by itself).
+        out["providerErrors"] = failures
     out["costs"] = list(call.costs)
     out["cost"] = round(sum(float(c.get("cost", 0) or 0) for c in call.costs), 6)
     metadata = dict(call.metadata)
     if isinstance(metadata.get("assistant"), dict):
-        out["assistant"] = metadata.pop("assistant")  # a transient assistant given to POST /call
+        # a transient assistant given to POST /call; its secrets are write-only, as stored ones
+        out["assistant"] = without_secrets(metadata.pop("assistant"))
     if metadata:
         out["metadata"] = metadata
     return out

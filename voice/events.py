@@ -11,6 +11,8 @@ from typing import Any
 from voice.types import EndedReason
 
 __all__ = [
+    "AssistantSpeechStarted",
+    "AssistantSpeechStopped",
     "BargeIn",
     "CallEnded",
     "CallEvent",
@@ -44,6 +46,22 @@ class SpeechStarted:
 
 @dataclass(frozen=True, slots=True)
 class SpeechStopped:
+    call_id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantSpeechStarted:
+    """A reply's first audio went to the caller (Vapi's speech-update, role assistant)."""
+
+    call_id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantSpeechStopped:
+    """That reply is over: played to the end, cut off by the caller, or the call ended."""
+
     call_id: str
     at: float
 
@@ -112,12 +130,17 @@ class BargeIn:
 
 @dataclass(frozen=True, slots=True)
 class ProviderFailed:
+    """A provider failed. `recovered`: its adapter reconnected on its own (a dropped Deepgram or
+    ElevenLabs socket) and the call did not otherwise notice; recorded so the call's record and
+    the error counters still explain the gap."""
+
     call_id: str
     at: float
     stage: str  # "stt" | "llm" | "tts"
     provider: str
     error: str
     retryable: bool
+    recovered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +168,8 @@ CallEvent = (
     CallStarted
     | SpeechStarted
     | SpeechStopped
+    | AssistantSpeechStarted
+    | AssistantSpeechStopped
     | TranscriptReceived
     | TurnCompleted
     | MessageAdded

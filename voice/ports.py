@@ -7,10 +7,11 @@ A `CallSession` knows nothing about Twilio, WebRTC, Deepgram or Piper: it sees a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from voice.errors import ProviderError
 from voice.events import CallEvent
 from voice.types import ChatMessage, LlmDelta, Transcript, TtsChunk
 
@@ -20,6 +21,7 @@ __all__ = [
     "CallControlError",
     "EventSink",
     "LanguageModel",
+    "ReportsReconnects",
     "SpeechToText",
     "SttStream",
     "TextToSpeech",
@@ -72,6 +74,15 @@ class TextToSpeech(Protocol):
     def synthesize(self, text: str) -> AsyncIterator[TtsChunk]:
         """μ-law 8 kHz audio for `text`, streamed as it is produced."""
         ...
+
+
+@runtime_checkable
+class ReportsReconnects(Protocol):
+    """An adapter that reconnects a dropped socket by itself. After each such recovery it calls
+    `on_reconnect` (when set) with what went wrong; the session records it. Set per call only:
+    the adapters that have it are built per call."""
+
+    on_reconnect: Callable[[ProviderError], None] | None
 
 
 class VadStream(Protocol):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from voice.chunking import PhraseChunker
 from voice.clock import Clock
+from voice.errors import ProviderError
 from voice.ports import LanguageModel, TextToSpeech
 from voice.types import SAMPLE_RATE, ChatMessage, ToolCall, WordTiming
 
@@ -85,21 +86,32 @@ class Reply:
         calls: tuple[ToolCall, ...] = ()
         if self.timings.llm_start is None:
             self.timings.llm_start = clock.now()
-        async for delta in llm.stream(messages):
-            if delta.text:
-                if self.timings.llm_first_token is None:
-                    self.timings.llm_first_token = clock.now()
-                self.text += delta.text
-                for phrase in chunker.push(delta.text):
-                    await self.speak(tts, phrase)
-            if delta.tool_calls:
-                if self.timings.llm_first_token is None:
-                    self.timings.llm_first_token = clock.now()
-                calls += delta.tool_calls
-            if delta.prompt_tokens is not None:
-                self.timings.prompt_tokens += delta.prompt_tokens
-            if delta.completion_tokens is not None:
-                self.timings.completion_tokens += delta.completion_tokens
+        try:
+            async for delta in llm.stream(messages):
+                if delta.text:
+                    if self.timings.llm_first_token is None:
+                        self.timings.llm_first_token = clock.now()
+                    self.text += delta.text
+                    for phrase in chunker.push(delta.text):
+                        await self.speak(tts, phrase)
+                if delta.tool_calls:
+                    if self.timings.llm_first_token is None:
+                        self.timings.llm_first_token = clock.now()
+                    calls += delta.tool_calls
+                if delta.prompt_tokens is not None:
+                    self.timings.prompt_tokens += delta.prompt_tokens
+                if delta.completion_tokens is not None:
+                    self.timings.completion_tokens += delta.completion_tokens
+        except ProviderError:
+            # The LLM failed after producing text (a failure before any is retried by the
+            # fallback chain and arrives here with nothing produced). The words already
+            # streamed are the answer the caller gets: the tail still waiting in the chunker
+            # for a phrase boundary is spoken too, else a short answer cut mid-stream ("You
+            # said:") is never heard at all while the record says it was.
+            rest = chunker.flush()
+            if rest:
+                await self.speak(tts, rest)
+            raise
         rest = chunker.flush()
         if rest:
             await self.speak(tts, rest)

@@ -28,6 +28,7 @@ audio out), `voice.reply_record` (what was heard into the history and the record
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 
@@ -44,6 +45,8 @@ from voice.assistant import Assistant
 from voice.clock import Clock, MonotonicClock
 from voice.errors import ProviderError
 from voice.events import (
+    AssistantSpeechStarted,
+    AssistantSpeechStopped,
     BargeIn,
     CallEnded,
     CallEvent,
@@ -60,6 +63,7 @@ from voice.fallback import (
     FallbackTts,
     ProvidersExhausted,
     Stage,
+    breaker_key,
     candidates,
 )
 from voice.history import Conversation
@@ -69,6 +73,7 @@ from voice.ports import (
     CallControl,
     CallControlError,
     EventSink,
+    ReportsReconnects,
 )
 from voice.reply import Reply
 from voice.reply_record import ReplyRecorder
@@ -198,6 +203,14 @@ class CallSession:
             self.clock,
             self._on_provider_failure,
         )
+        stages: list[tuple[Stage, object]] = [("stt", engines.stt), ("tts", engines.tts)]
+        stages += [("stt", e) for e in engines.stt_fallbacks]
+        stages += [("tts", e) for e in engines.tts_fallbacks]
+        for stage, engine in stages:
+            if isinstance(engine, ReportsReconnects):  # per-call adapters only (see the port)
+                key = breaker_key(stage, engine)
+                report = functools.partial(self._on_provider_failure, stage, key, recovered=True)
+                engine.on_reconnect = report
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -511,6 +524,7 @@ class CallSession:
         )
 
         async def audible(now: float) -> None:
+            self._emit(AssistantSpeechStarted(self.call_id, now - self._t0))
             if reply.is_greeting:
                 self.turns.assistant_started(now)
             await self._apply(self.turns.set_assistant_audible(True, now), now)
@@ -563,19 +577,25 @@ class CallSession:
     def _record_reply(self, playing: Playing, *, interrupted: bool, now: float) -> str:
         """Put the reply in the history and the call record: all of it, or what was heard."""
         commit = self._commits.pop(playing.reply, None)
+        if playing.first_sent is not None:
+            self._emit(AssistantSpeechStopped(self.call_id, now - self._t0))
         return self._records.record(
             playing, interrupted=interrupted, now=now, at=now - self._t0, commit=commit
         )
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _on_provider_failure(self, stage: Stage, provider: str, exc: ProviderError) -> None:
-        """Every provider failure is an event of the call, whether or not the call survives it."""
+    def _on_provider_failure(
+        self, stage: Stage, provider: str, exc: ProviderError, *, recovered: bool = False
+    ) -> None:
+        """Every provider failure is an event of the call, whether or not the call survives it
+        (`recovered`: the adapter reconnected by itself and the call did not notice)."""
         self._emit(
             ProviderFailed(
-                self.call_id, self._since_start(), stage, provider, str(exc), exc.retryable
+                self.call_id, self._since_start(), stage, provider, str(exc), exc.retryable,
+                recovered=recovered,
             )
-        )
+        )  # fmt: skip
         log.warning("call %s: %s provider %s failed: %s", self.call_id, stage, provider, exc)
 
     def _emit(self, event: CallEvent) -> None:

@@ -45,6 +45,13 @@ class EndedReason(StrEnum):
     MALFORMED_STREAM = "call.in-progress.error-malformed-media-stream"
     SERVER_SHUTDOWN = "call.in-progress.error-server-shutdown"
     SERVER_ERROR = "call.in-progress.error-server"
+    # an inbound call's `assistant-request` webhook (control/assistant_request.py)
+    ASSISTANT_REQUEST_FAILED = "assistant-request-failed"
+    ASSISTANT_REQUEST_RETURNED_ERROR = "assistant-request-returned-error"
+    ASSISTANT_REQUEST_RETURNED_UNSPEAKABLE_ERROR = "assistant-request-returned-unspeakable-error"
+    ASSISTANT_REQUEST_RETURNED_INVALID_ASSISTANT = "assistant-request-returned-invalid-assistant"
+    ASSISTANT_REQUEST_RETURNED_NO_ASSISTANT = "assistant-request-returned-no-assistant"
+    ASSISTANT_REQUEST_RETURNED_FORWARDING = "assistant-request-returned-forwarding-phone-number"
 
 
 @dataclass(frozen=True, slots=True)

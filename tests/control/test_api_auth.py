@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from control.cli import main
+from storage import head_revision
 from tests.control.conftest import Api
 from tests.storage.conftest import database_text
 
@@ -64,7 +65,7 @@ def test_cli_creates_tenant_and_key_then_revokes(
     assert "ava db upgrade" in capsys.readouterr().err
     assert main(["db", "upgrade"]) == 0
     assert main(["db", "current"]) == 0
-    assert capsys.readouterr().out.strip() == "0001"
+    assert capsys.readouterr().out.strip() == head_revision()
     assert main(["tenant", "create", "Acme"]) == 0
     tenant = capsys.readouterr().out.strip()
     assert main(["key", "create", "--tenant", tenant, "--name", "ci"]) == 0

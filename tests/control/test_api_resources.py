@@ -54,7 +54,46 @@ async def test_legacy_server_url_is_accepted(api: Api) -> None:
     body = {**ASSISTANT, "serverUrl": "https://example.com/hook", "serverUrlSecret": "s3cret"}
     created = await api.a.post("/assistant", json=body)
     assert created.status_code == 201, created.text
-    assert created.json()["server"] == {"url": "https://example.com/hook", "secret": "s3cret"}
+    # the secret is write-only (see test_webhook_secrets_are_write_only_and_encrypted)
+    assert created.json()["server"] == {"url": "https://example.com/hook"}
+    record = await api.stores.assistants.get(api.tenant_a, created.json()["id"])
+    assert record is not None and record.assistant().server == {
+        "url": "https://example.com/hook",
+        "secret": "s3cret",
+    }
+
+
+async def test_webhook_secrets_are_write_only_and_encrypted(api: Api, database_url: str) -> None:
+    """Vapi never returns a credential: `server.secret` is accepted, used, and never shown."""
+    secrets = ["assistant-hook-s3cret", "tool-hook-s3cret", "number-hook-s3cret"]
+    hook = {"url": "https://hooks.example.com/a", "secret": secrets[0], "timeoutSeconds": 5}
+    tool = {**TOOL, "server": {"url": "https://tools.example.com", "secret": secrets[1]}}
+    made_tool = await api.a.post("/tool", json=tool)
+    assert made_tool.status_code == 201, made_tool.text
+    assistant = {**ASSISTANT, "server": hook}
+    assistant["model"] = {**ASSISTANT["model"], "toolIds": [made_tool.json()["id"]]}
+    made = await api.a.post("/assistant", json=assistant)
+    assert made.status_code == 201, made.text
+    assert made.json()["server"] == {"url": hook["url"], "timeoutSeconds": 5}
+    number = await api.a.post(
+        "/phone-number",
+        json={**NUMBER, "server": {"url": "https://hooks.example.com/n", "secret": secrets[2]}},
+    )
+    assert number.status_code == 201, number.text
+    # echoing a GET back (no secret in it) keeps the secret; the URL is unchanged
+    shown = (await api.a.get(f"/assistant/{made.json()['id']}")).json()
+    patched = await api.a.patch(f"/assistant/{shown['id']}", json={"server": shown["server"]})
+    assert patched.status_code == 200, patched.text
+    record = await api.stores.assistants.get(api.tenant_a, shown["id"])
+    assert record is not None and record.config["server"]["secret"] == secrets[0]
+
+    responses = [made_tool, made, number, patched]
+    responses += [await api.a.get(path) for path in ("/assistant", "/tool", "/phone-number")]
+    for response in responses:
+        assert not [s for s in secrets if s in response.text], response.text
+        assert '"secret"' not in response.text
+    text = await database_text(api.stores.engine, database_url)
+    assert "hooks.example.com" in text and not [s for s in secrets if s in text]
 
 
 def _with(path: str, value: Any) -> dict[str, Any]:

@@ -33,6 +33,8 @@ from control.app import create_app
 from media.g711 import ulaw_to_pcm16
 from media.resample import resample_once
 from tests.conftest import AssistantFactory, ScriptedEngines, serve, settings_for
+from tests.control.conftest import ASSISTANT, api_app, running_api
+from tests.control.webhook_receiver import receiver, sdk_parse
 from voice.testing import tone_ulaw
 
 pytestmark = pytest.mark.timeout(60)
@@ -284,4 +286,53 @@ async def test_the_browser_going_away_ends_the_call(
         record = await dev_call(base, started["callId"])
         assert record["endedReason"] == "customer-ended-call"
         assert app.state.webrtc.opened == app.state.webrtc.closed == 1
+    assert call_tasks() == []
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_web_call_gets_the_webhooks_and_ends_through_the_control_api(
+    tmp_path: Path, assistant_file: AssistantFactory, database_url: str
+) -> None:
+    """Parity with phone calls: the assistant's server gets the same messages and report, and
+    `POST /call/{id}/control` `end-call` ends the live call (its tenant only)."""
+    engines = ScriptedEngines(["What are your hours?"], ["We open at nine."], seconds_per_char=0.02)
+    app = api_app(tmp_path, assistant_file, database_url, engines)
+    async with receiver() as hooks, running_api(app) as api, browser() as peer:
+        body = {**ASSISTANT, "server": hooks.server()}
+        assistant_id = (await api.a.post("/assistant", json=body)).json()["id"]
+        key = {"Authorization": f"Bearer {api.key_a}"}
+        response = await peer.call(api.base, key, assistantId=assistant_id)
+        assert response.status_code == 200, response.text
+        call_id = (await peer.wait_type("call-started"))["callId"]
+        await peer.wait_type("message", role="bot")
+        peer.mic.say(SPEECH)
+        await peer.wait_type("turn")
+        control = f"/call/{call_id}/control"
+        assert (await api.b.post(control, json={"type": "end-call"})).status_code == 404
+        assert call_id in api.app.state.calls.live  # another tenant's request changed nothing
+        answer = await api.a.post(control, json={"type": "end-call"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "ended"
+        assert answer.json()["endedReason"] == "manually-canceled"
+        page = await peer.wait_type("call-ended")
+        assert page["endedReason"] == "manually-canceled"
+        report = await hooks.wait_for(lambda m: m["type"] == "end-of-call-report")
+    assert all(signed for _, signed in hooks.received)
+    messages = hooks.messages(call_id=call_id)
+    assert messages == [m for m, _ in hooks.received]  # every message was about this call
+    for message in messages:  # each in the shape Vapi's SDK reads
+        assert sdk_parse(message).type == message["type"]
+    kinds = [m["type"] for m in messages]
+    assert kinds[0] == "status-update" and kinds[-2:] == ["status-update", "end-of-call-report"]
+    assert {"speech-update", "conversation-update"} <= set(kinds)
+    assert report["endedReason"] == "manually-canceled"
+    assert (
+        report["transcript"] == f"AI: {ASSISTANT['firstMessage']}\nUser: What are your hours?"
+        "\nAI: We open at nine."
+    )
+    call = report["call"]
+    assert call["type"] == "webCall" and call["orgId"] == api.tenant_a
+    assert call["assistantId"] == assistant_id and "phoneCallProvider" not in call
+    assert report["costs"][0]["provider"] == "webrtc"
+    assert app.state.webrtc.opened == app.state.webrtc.closed == 1
     assert call_tasks() == []

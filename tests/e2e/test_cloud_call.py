@@ -8,6 +8,7 @@ Deepgram fake hears by energy and answers from its script.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import httpx
 import pytest
 
 from benchmarks.fakes.deepgram import DeepgramFake, DeepgramFakeConfig
@@ -26,6 +28,7 @@ from benchmarks.fakes.server import serve as serve_fake
 from control.app import create_app
 from control.engines import EngineHub
 from media.twilio.caller import CallReport, CallScript, place_call
+from storage import to_vapi
 from tests.conftest import AssistantFactory, serve, settings_for
 from voice.session import APOLOGY
 from voice.testing import tone_ulaw
@@ -279,7 +282,8 @@ async def test_everything_failing_apologises_and_ends_the_call(
 async def voice_to_voice(
     tmp_path: Path, assistant_file: AssistantFactory, *, speculative: bool
 ) -> list[float]:
-    script = ["Opening hours please.", "Where are you?"]
+    # Unpunctuated, so Deepgram's endpoint does not settle the turn and the turn model must.
+    script = ["Opening hours please", "Where are you"]
     chat = OpenAiFakeConfig(api_key=KEY, first_token_latency=0.3)
     async with running_fakes(script, openai=chat) as fakes:
         app = make_app(
@@ -339,7 +343,99 @@ async def test_a_dropped_deepgram_socket_is_reconnected_and_the_call_goes_on(
         app = make_app(fakes, assistant_file, tmp_path)
         async with serve(app) as base:
             report = await place_call(base, CallScript([SPEECH, SPEECH]))
+            stored = await stored_call(app, report.call_sid)
+            metrics = await scrape(base)
     assert report.error is None, report.error
     assert report.record is not None and report.record["ended_reason"] == "customer-ended-call"
     assert bot_messages(report)[1:] == [f"You said: {script[0]}", f"You said: {script[1]}"]
     assert len(fakes.deepgram.connections) == 2  # the adapter reconnected on its own
+    # ... and the record explains it: in the live record, GET /call's and /metrics
+    (error,) = errors(report)
+    assert error["stage"] == "stt" and error["provider"] == "stt/deepgram"
+    assert error["recovered"] is True and error["retryable"] is True
+    assert "connection lost without a close frame; reconnected" in error["error"]
+    assert stored["providerErrors"] == [
+        {k: error[k] for k in ("stage", "provider", "error", "retryable", "recovered")}
+        | {"secondsFromStart": error["at"]}
+    ]
+    assert _sample(metrics, "ava_provider_reconnects_total", error["provider"], "stt") == 1
+    assert _sample(metrics, "ava_provider_errors_total", error["provider"], "stt") == 1
+
+
+async def test_garbage_mid_answer_is_still_heard_and_the_call_goes_on(
+    tmp_path: Path, assistant_file: AssistantFactory
+) -> None:
+    # The first answer streams two words ("You said:"), then an SSE event that is not JSON.
+    script = ["What are your opening hours?", "Where are you located?"]
+    chat = OpenAiFakeConfig(api_key=KEY, fault=Fault.GARBAGE, fault_count=1, fault_after_tokens=2)
+    async with running_fakes(script, openai=chat) as fakes:
+        app = make_app(fakes, assistant_file, tmp_path)
+        async with serve(app) as base:
+            report = await place_call(base, CallScript([SPEECH, SPEECH]))
+    assert report.error is None, report.error
+    assert report.record is not None and report.record["ended_reason"] == "customer-ended-call"
+    # the words produced before the garbage were spoken, heard and recorded as said
+    first, second = report.turns
+    assert first.reply_start is not None and second.reply_start is not None
+    assert bot_messages(report)[1:] == ["You said:", f"You said: {script[1]}"]
+    (error,) = errors(report)
+    assert error["stage"] == "llm" and error["retryable"] is False
+    assert "undecodable event" in error["error"]
+    # no retry after output: the partial answer stands (one request per turn)
+    assert len(fakes.openai.chat_requests) == 2
+
+
+async def stored_call(app: Any, call_sid: str) -> dict[str, Any]:
+    """The call as GET /call shows it (the database record, written by the recorder)."""
+    stores = app.state.ava.stores
+    for _ in range(100):
+        record = await stores.calls.find_by_twilio_sid(None, call_sid)
+        if record is not None and record.status == "ended":
+            call = await stores.calls.get_call(None, record.id)
+            assert call is not None
+            return to_vapi(call)
+        await asyncio.sleep(0.05)
+    raise AssertionError("the call was not recorded as ended")
+
+
+async def scrape(base: str) -> str:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"{base}/metrics")
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def _sample(metrics: str, name: str, provider: str, stage: str) -> float:
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith(name + "{") and f'provider="{provider}"' in line:
+            if f'stage="{stage}"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_an_elevenlabs_socket_dropped_while_idle_is_reopened_and_recorded(
+    tmp_path: Path, assistant_file: AssistantFactory
+) -> None:
+    script = ["What are your opening hours?", "Where are you located?"]
+    async with running_fakes(script) as fakes:
+        app = make_app(fakes, assistant_file, tmp_path)
+        async with serve(app) as base:
+            # the call's first socket dies (no close frame) a second after it opened, after
+            # the greeting and before the first answer (the startup warm-up is done by now)
+            eleven = fakes.elevenlabs.config
+            eleven.fault, eleven.fault_count, eleven.fault_after = Fault.DROP, 1, 1.0
+            report = await place_call(base, CallScript([SPEECH, SPEECH]))
+            stored = await stored_call(app, report.call_sid)
+            metrics = await scrape(base)
+    assert report.error is None, report.error
+    assert report.record is not None and report.record["ended_reason"] == "customer-ended-call"
+    assert bot_messages(report)[1:] == [f"You said: {script[0]}", f"You said: {script[1]}"]
+    assert all(t.reply_start is not None for t in report.turns)
+    (error,) = errors(report)
+    assert error["stage"] == "tts" and error["recovered"] is True
+    assert error["provider"].startswith("tts/elevenlabs/")
+    assert "connection lost without a close frame; reconnected while idle" in error["error"]
+    (shown,) = stored["providerErrors"]
+    assert shown["recovered"] is True and shown["error"] == error["error"]
+    assert _sample(metrics, "ava_provider_reconnects_total", error["provider"], "tts") == 1

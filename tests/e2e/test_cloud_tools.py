@@ -25,13 +25,24 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from benchmarks.fakes.openai import FakeResponse, FakeToolCall, OpenAiFakeConfig, Reply
+from benchmarks.fakes.server import REJECT_STATUS, Fault
 from benchmarks.fakes.server import serve as serve_fake
 from benchmarks.fakes.twilio_rest import FakeCall, FakeTwilioRest, FakeTwilioRestConfig
 from media.twilio.caller import CallReport, CallScript, place_call
 from media.twilio.twiml import dial
+from storage import TwilioCredentials
 from tests.conftest import AssistantFactory, serve
-from tests.e2e.test_cloud_call import KEY, SPEECH, bot_messages, make_app, running_fakes
+from tests.e2e.test_cloud_call import (
+    KEY,
+    SPEECH,
+    bot_messages,
+    cloud_assistant,
+    make_app,
+    running_fakes,
+)
+from tests.storage.conftest import database_text
 from voice.server_messages import verify_signature
+from voice.session_config import TRANSFER_FAILED
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -97,6 +108,66 @@ def weather_model(messages: list[dict[str, Any]]) -> Reply:
     if "weather" in last["content"]:
         return FakeResponse(tool_calls=[FakeToolCall("get_weather", '{"city": "Paris"}')])
     return "Anything else?"
+
+
+async def test_a_tenants_encrypted_secrets_still_sign_its_calls(
+    tmp_path: Path, assistant_file: AssistantFactory
+) -> None:
+    """The secrets are stored sealed (the database never holds them), yet the call that resolves
+    the tenant's assistant and its stored tool signs the tool request and the webhooks."""
+
+    async def ok(_: int, message: dict[str, Any]) -> Response:
+        return Response("ok")
+
+    chat = OpenAiFakeConfig(api_key=KEY, reply=weather_model)
+    number_token, to_number = "number-auth-token", "+15557654321"
+    async with (
+        receiver(weather) as (tool_server, tool_url),
+        receiver(ok) as (hooks, hook_url),
+        running_fakes(["What's the weather in Paris?"], openai=chat) as fakes,
+    ):
+        app = make_app(fakes, assistant_file, tmp_path)
+        async with serve(app) as base:
+            stores = app.state.ava.stores
+            tenant = (await stores.tenants.create_tenant("Acme")).id
+            tool = await stores.tools.create(tenant, weather_tool(tool_url))
+            config = cloud_assistant(
+                model={"toolIds": [tool.id]}, server={"url": hook_url, "secret": SECRET}
+            )
+            assistant = await stores.assistants.create(tenant, config)
+            await stores.phone_numbers.create(
+                tenant,
+                number=to_number,
+                credentials=TwilioCredentials(ACCOUNT, auth_token=number_token),
+                assistant_id=assistant.id,
+            )
+            stored = await database_text(
+                stores.engine, app.state.ava.settings.resolved_database_url()
+            )
+            report = await place_call(
+                base,
+                CallScript([SPEECH], hang_up_after=5.0),
+                auth_token=number_token,
+                to_number=to_number,
+                fetch_record=False,
+            )
+            record = await record_of(app, report.call_sid)
+            async with asyncio.timeout(10):
+                while not hooks.of_type("end-of-call-report"):
+                    hooks.arrived.clear()
+                    await hooks.arrived.wait()
+    assert tool_url in stored and SECRET not in stored
+    assert report.error is None, report.error
+    assert record["errors"] == []
+    ((message, signed),) = tool_server.received
+    assert signed and message["type"] == "tool-calls"
+    assert "secret" not in json.dumps(message)
+    assert hooks.received and all(signed for _, signed in hooks.received)
+    assert bot_messages_of(record)[-1] == "Let me look that up. It says Paris: 62F"
+
+
+def bot_messages_of(record: dict[str, Any]) -> list[str]:
+    return [m["message"] for m in record["messages"] if m["role"] == "bot"]
 
 
 def roles(report: CallReport) -> list[str]:
@@ -305,6 +376,60 @@ async def test_without_twilio_credentials_transfer_is_declined_and_the_call_goes
     assert bot_messages(report)[-1] == "I can't transfer you right now, sorry."
     (error,) = record["errors"]
     assert error["stage"] == "tool" and error["error"] == "no call control"
+
+
+def transfer_then_chat(messages: list[dict[str, Any]]) -> Reply:
+    last = messages[-1]
+    if last["role"] == "user" and "billing" in last["content"]:
+        return FakeResponse(
+            tool_calls=[FakeToolCall("transferCall", '{"destination":"+15551112222"}')]
+        )
+    return "Our opening hours are nine to five."
+
+
+@pytest.mark.parametrize("fault", [Fault.UNAUTHORIZED, Fault.SERVER_ERROR])
+async def test_a_transfer_twilio_refuses_is_apologised_for_and_the_call_goes_on(
+    tmp_path: Path, assistant_file: AssistantFactory, fault: Fault
+) -> None:
+    # Twilio answers the redirect with a 4xx or 5xx (every time: no retry can rescue it)
+    twilio = FakeTwilioRest(
+        FakeTwilioRestConfig(accounts={ACCOUNT: TOKEN}, fault=fault, fault_paths=("/Calls/",)),
+        calls=InboundCalls(),
+    )
+    chat = OpenAiFakeConfig(api_key=KEY, reply=transfer_then_chat)
+    script = ["Put me through to billing.", "What are your opening hours?"]
+    async with (
+        serve_fake(twilio.app) as twilio_url,
+        running_fakes(script, openai=chat) as fakes,
+    ):
+        env = {
+            "TWILIO_ACCOUNT_SID": ACCOUNT,
+            "TWILIO_AUTH_TOKEN": TOKEN,
+            "TWILIO_API_BASE_URL": twilio_url,
+        }
+        app = make_app(fakes, assistant_file, tmp_path, env=env, model={"tools": [TRANSFER_TOOL]})
+        async with serve(app) as base:
+            report = await place_call(
+                base, CallScript([SPEECH, SPEECH]), auth_token=TOKEN, fetch_record=False
+            )
+            record = await record_of(app, report.call_sid)
+    assert report.error is None, report.error
+    # the redirect was really attempted, and refused
+    attempts = [r for r in twilio.requests if r.method == "POST"]
+    assert attempts and all(r.field("Twiml") == dial("+15551112222") for r in attempts)
+    # the call was not ended by the failed transfer: the caller hung up after a second turn
+    assert record["ended_reason"] == "customer-ended-call"
+    said = [m["message"] for m in record["messages"] if m["role"] == "bot"]
+    transferring = said.index("Transferring the call now")
+    assert said[transferring + 1] == TRANSFER_FAILED
+    assert said[-1] == "Our opening hours are nine to five."
+    users = [m["message"] for m in record["messages"] if m["role"] == "user"]
+    assert users == script
+    # both later replies were heard by the caller
+    assert len(report.turns) == 2 and all(t.reply_start is not None for t in report.turns)
+    (error,) = record["errors"]
+    assert error["stage"] == "tool" and error["name"] == "transferCall"
+    assert str(REJECT_STATUS[fault]) in error["error"]
 
 
 async def test_the_end_of_call_report_is_delivered_signed(

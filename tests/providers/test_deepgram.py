@@ -167,8 +167,10 @@ async def test_drop_mid_utterance_reconnects_and_replays_without_losing_words() 
     script = ["alpha bravo", "charlie delta", "echo foxtrot"]
     # segments at 0-0.6, 1.1-1.7, 2.2-2.8 s; the first socket drops at 1.4 s, mid "charlie"
     config = {"fault": Fault.DROP, "fault_count": 1, "fault_after_audio": 1.4}
+    reported: list[ProviderError] = []
     async with deepgram(script=script, **config) as (fake, base), asyncio.timeout(15):
-        stream = await stt(base, reconnect=ReconnectPolicy(backoff=0.02)).connect()
+        policy = ReconnectPolicy(backoff=0.02)
+        stream = await stt(base, reconnect=policy, on_reconnect=reported.append).connect()
         collector = Collector(stream)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(collector.run())
@@ -180,6 +182,12 @@ async def test_drop_mid_utterance_reconnects_and_replays_without_losing_words() 
     assert [t.text for t in finals] == script
     assert stream.reconnects == 1
     assert len(fake.connections) == 2
+    # the recovery is reported (for the call's record), once, saying what happened
+    (report,) = reported
+    assert report.retryable and report.provider == "deepgram"
+    assert "connection lost without a close frame; reconnected (reconnect 1, 1 attempt)" in str(
+        report
+    )
     # one timeline across both sockets
     assert [round(t.start, 1) for t in finals] == [0.0, 1.1, 2.2]
     assert all(a.end <= b.start for a, b in zip(finals, finals[1:], strict=False))
@@ -275,8 +283,9 @@ async def test_a_stalled_server_is_a_timeout_while_audio_flows() -> None:
 async def test_a_server_that_keeps_closing_gives_up_retryably() -> None:
     policy = ReconnectPolicy(attempts=2, backoff=0.01, max_reconnects=2)
     config = {"fault": Fault.BAD_CLOSE, "fault_after": 0.05}
+    reported: list[ProviderError] = []
     async with deepgram(**config) as (fake, base), asyncio.timeout(10):
-        stream = await stt(base, reconnect=policy).connect()
+        stream = await stt(base, reconnect=policy, on_reconnect=reported.append).connect()
         feeder = asyncio.create_task(feed(stream, utterances(10), speedup=2.0))
         try:
             with pytest.raises(ProviderError) as caught:
@@ -290,6 +299,8 @@ async def test_a_server_that_keeps_closing_gives_up_retryably() -> None:
     assert type(caught.value) is ProviderError
     assert caught.value.retryable
     assert len(fake.connections) == 3  # the first socket and two reconnects
+    # each reconnect that worked was reported; the final failure is raised, not reported
+    assert len(reported) == 2 and all("closed by the server with 4000" in str(r) for r in reported)
 
 
 async def test_close_1008_means_our_audio_is_wrong_and_is_not_retried() -> None:

@@ -128,14 +128,50 @@ async def test_barge_in_closes_the_context_and_drops_its_late_audio() -> None:
 
 async def test_a_dropped_idle_socket_is_reopened_for_the_next_phrase() -> None:
     config = {"fault": Fault.DROP, "fault_count": 1, "fault_after": 0.3}
+    reported: list[ProviderError] = []
     async with elevenlabs(**config) as (fake, base), asyncio.timeout(10):
-        tts = ElevenLabsTts(KEY, VOICE, base_url=base)
+        tts = ElevenLabsTts(KEY, VOICE, base_url=base, on_reconnect=reported.append)
         await collect(tts, "Hi.")
         await asyncio.sleep(0.5)  # the server drops the idle socket meanwhile
+        assert reported == []  # reported with the socket that replaces it
         again = await collect(tts, "Still here.")
+        await collect(tts, "And still.")
         await tts.aclose()
     assert fake.connections == 2 and tts.connections == 2
-    assert audio_of(again) == bytes(fake.contexts[-1].audio)
+    assert audio_of(again) == bytes(fake.contexts[-2].audio)
+    (report,) = reported  # once: the third phrase reused the new socket
+    assert report.retryable and report.provider == "elevenlabs"
+    assert str(report) == (
+        "elevenlabs: connection lost without a close frame; reconnected while idle"
+    )
+
+
+async def test_a_drop_mid_phrase_fails_that_phrase_and_is_not_reported_again() -> None:
+    # the phrase in flight gets the (retryable) error: its caller reports it; the socket that
+    # replaces it must not be reported a second time
+    config = {"fault": Fault.DROP, "fault_count": 1, "fault_after": 0.1, "realtime_factor": 2.0}
+    reported: list[ProviderError] = []
+    async with elevenlabs(**config) as (fake, base), asyncio.timeout(10):
+        tts = ElevenLabsTts(KEY, VOICE, base_url=base, on_reconnect=reported.append)
+        with pytest.raises(ProviderError) as caught:
+            await collect(tts, LONG)
+        again = await collect(tts, "Still here.")
+        await tts.aclose()
+    assert caught.value.retryable and audio_of(again)
+    assert fake.connections == 2 and reported == []
+
+
+@pytest.mark.parametrize("code", [1000, 1008])  # 1008: how ElevenLabs ends an idle socket
+async def test_an_idle_socket_the_server_closes_on_purpose_is_not_a_failure(code: int) -> None:
+    config = {"fault": Fault.BAD_CLOSE, "fault_count": 1, "fault_after": 0.3}
+    reported: list[ProviderError] = []
+    async with elevenlabs(**config, bad_close_code=code) as (fake, base), asyncio.timeout(10):
+        tts = ElevenLabsTts(KEY, VOICE, base_url=base, on_reconnect=reported.append)
+        await collect(tts, "Hi.")
+        await asyncio.sleep(0.5)  # the server closes the idle socket meanwhile
+        await collect(tts, "Still here.")
+        await tts.aclose()
+    assert fake.connections == 2 and reported == []
 
 
 async def test_aclose_cancels_the_reader_and_refuses_new_phrases() -> None:

@@ -146,12 +146,12 @@ def tenants(sessions: async_sessionmaker[AsyncSession]) -> TenantStore:
 
 @pytest.fixture
 def assistants(sessions: async_sessionmaker[AsyncSession]) -> AssistantStore:
-    return AssistantStore(sessions)
+    return AssistantStore(sessions, SecretBox.from_secret(SECRET))
 
 
 @pytest.fixture
 def tools(sessions: async_sessionmaker[AsyncSession]) -> ToolStore:
-    return ToolStore(sessions)
+    return ToolStore(sessions, SecretBox.from_secret(SECRET))
 
 
 @pytest.fixture

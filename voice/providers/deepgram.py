@@ -6,6 +6,8 @@ unchanged. One `DeepgramStream` per call:
 - `send_audio` keeps a replay buffer of the audio not yet covered by a final result. If the socket
   drops (not closed by us), `transcripts()` reconnects and replays that buffer, so the words being
   spoken when it dropped are recognised on the new socket; timestamps stay on one timeline.
+  Each recovery is reported to `DeepgramStt.on_reconnect` (when set), so the call's record can
+  say why its transcript had a gap; a reconnect that fails is raised as usual.
 - A KeepAlive text frame goes out after `keepalive_interval` without audio (Deepgram closes an
   idle socket after 10 s).
 - A server that stops answering while audio flows is a `ProviderTimeout` after `result_timeout`.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -63,6 +65,7 @@ class DeepgramStt:
         result_timeout: float = 8.0,
         replay_seconds: float = 30.0,
         reconnect: ReconnectPolicy | None = None,
+        on_reconnect: Callable[[ProviderError], None] | None = None,
     ) -> None:
         if connect_timeout <= 0 or keepalive_interval <= 0 or result_timeout <= 0:
             raise ValueError("timeouts and intervals must be positive")
@@ -72,6 +75,7 @@ class DeepgramStt:
         self.result_timeout = result_timeout
         self.replay_bytes = max(int(replay_seconds * SAMPLE_RATE), 0)
         self.reconnect = reconnect or ReconnectPolicy()
+        self.on_reconnect = on_reconnect
         params: dict[str, str] = {
             "encoding": "mulaw",
             "sample_rate": str(SAMPLE_RATE),
@@ -326,6 +330,7 @@ class DeepgramStream:
             self._ws = ws  # no await since the replay caught up, so no audio is missed
             self._last_message = self._loop.time()
             self._audio_since_message = 0
+            self._report_reconnect(exc, attempt + 1)
             return
         raise self._fail(
             ProviderError(
@@ -347,6 +352,21 @@ class DeepgramStream:
             for i in range(0, len(pending), _REPLAY_PIECE):
                 await ws.send(pending[i : i + _REPLAY_PIECE])
             position += len(pending)
+
+    def _report_reconnect(self, exc: ConnectionClosed, attempts: int) -> None:
+        listener = self._stt.on_reconnect
+        if listener is None:
+            return
+        replayed = (self._replay_start + len(self._replay)) / SAMPLE_RATE - self._time_offset
+        listener(
+            ProviderError(
+                self._stt.name,
+                f"{describe_close(exc)}; reconnected (reconnect {self.reconnects}, "
+                f"{attempts} attempt{'s' if attempts > 1 else ''}) and replayed "
+                f"{replayed:.1f}s of audio",
+                retryable=True,
+            )
+        )
 
     def _fail(self, error: ProviderError) -> ProviderError:
         self._failure = error

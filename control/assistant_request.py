@@ -1,0 +1,252 @@
+"""Vapi's `assistant-request`: an inbound call on a number with no assistant asks its server.
+
+It runs inside `POST /twilio/voice`, before any TwiML is returned: the caller hears ringing
+while the server decides, exactly once. Asking later, at the media stream's `start`, would put
+the wait after the call is answered (dead air) and still need the voice webhook first. The
+answer becomes TwiML at once:
+
+- `{assistant}` (transient) → `<Connect><Stream>`; the assistant waits in `PendingAssistants`
+  (keyed by CallSid, bounded, as long as the stream token lives) for the media stream, which
+  must reach this process (the token names it with `pending`);
+- `{assistantId}` (one of the number's tenant's assistants) → `<Connect><Stream>` as for a
+  number with that assistant;
+- `{destination: {number}}` → `<Dial>`; `{error}` → `<Say>` the error, `<Hangup>`;
+- no answer within `assistant_request_timeout_seconds` (Vapi: 7.5 s), a non-2xx, a body that is
+  not JSON, an invalid assistant → an apology, `<Hangup>`.
+
+Every call that does not reach an assistant is still recorded (GET /call) with Vapi's
+`assistant-request-*` ended reason. The request is one attempt (the budget leaves no room for
+retries), signed like every webhook (`voice.server_messages`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import ssl
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from control.state import AppState
+from media.twilio.twiml import dial, say_and_hangup
+from storage import PhoneNumberRecord
+from voice.assistant import Assistant
+from voice.server_messages import (
+    AssistantAnswer,
+    ServerTarget,
+    call_json,
+    encode,
+    envelope,
+    parse_assistant_answer,
+    public_server,
+)
+from voice.types import EndedReason
+
+__all__ = [
+    "FAILED_SAY",
+    "MAX_ANSWER_BYTES",
+    "PendingAssistants",
+    "Routed",
+    "ask_for_assistant",
+    "call_id_for",
+    "request_assistant",
+]
+
+log = logging.getLogger("ava.twilio")
+
+FAILED_SAY = "Sorry, this call cannot be connected right now. Please try again later. Goodbye."
+MAX_ANSWER_BYTES = 256 * 1024  # a transient assistant is a few kB; more is not an answer
+_CALL_IDS = uuid.UUID("6f1d3c2e-6a57-4f0e-9a43-5d2b8e0c7a11")
+
+
+class PendingAssistants:
+    """Transient assistants between the voice webhook and their media stream, by CallSid.
+
+    Bounded: at most `max_entries` (overflow: the oldest is dropped; its stream then ends
+    with a server error) and each for `ttl` seconds (the stream token's lifetime)."""
+
+    def __init__(
+        self, ttl: float, max_entries: int = 1000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._clock = clock
+        self._items: OrderedDict[str, tuple[float, Assistant]] = OrderedDict()
+
+    def put(self, call_sid: str, assistant: Assistant) -> None:
+        self._expire()
+        self._items[call_sid] = (self._clock() + self.ttl, assistant)
+        while len(self._items) > self.max_entries:
+            dropped, _ = self._items.popitem(last=False)
+            log.error("pending transient assistants full: call %s's dropped", dropped)
+
+    def take(self, call_sid: str) -> Assistant | None:
+        self._expire()
+        item = self._items.pop(call_sid, None)
+        return None if item is None else item[1]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        while self._items:
+            first = next(iter(self._items.values()))
+            if first[0] > now:
+                return
+            self._items.popitem(last=False)
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    # Building the default context loads the CA bundle (~40 ms): once per process, not per call.
+    return httpx.create_ssl_context()
+
+
+async def request_assistant(
+    target: ServerTarget,
+    message: dict[str, Any],
+    *,
+    seconds: float,
+    wall: Callable[[], float] = time.time,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> AssistantAnswer:
+    """POST `message` to `target` once, signed; its answer, or why there is none."""
+    body = encode(message)
+    headers = target.request_headers(body, int(wall()))
+    failed = EndedReason.ASSISTANT_REQUEST_FAILED
+    try:
+        async with asyncio.timeout(seconds):
+            async with httpx.AsyncClient(
+                transport=transport, verify=_tls(), follow_redirects=False
+            ) as http:
+                async with http.stream("POST", target.url, content=body, headers=headers) as r:
+                    answer = bytearray()
+                    async for chunk in r.aiter_bytes():
+                        answer += chunk
+                        if len(answer) > MAX_ANSWER_BYTES:
+                            return AssistantAnswer.failed(
+                                failed, f"the answer is over {MAX_ANSWER_BYTES} bytes"
+                            )
+                    status = r.status_code
+    except TimeoutError:
+        return AssistantAnswer.failed(failed, f"no answer within {seconds:g}s")
+    except httpx.HTTPError as exc:
+        return AssistantAnswer.failed(failed, f"{type(exc).__name__}: {exc}")
+    return parse_assistant_answer(status, bytes(answer))
+
+
+def call_id_for(call_sid: str) -> str:
+    """The call id an assistant-request call gets: its server is told it before the media stream
+    exists, and the stream token has no room to carry it (Twilio: < 500 characters)."""
+    return f"call_{uuid.uuid5(_CALL_IDS, call_sid).hex}"
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """The voice webhook's answer: TwiML to return now (`twiml`), or claims for the stream
+    token of a call that goes on to an assistant."""
+
+    twiml: str | None = None
+    claims: dict[str, str] | None = None
+
+
+async def ask_for_assistant(
+    state: AppState,
+    number: PhoneNumberRecord,
+    form: dict[str, str],
+    pending: PendingAssistants,
+) -> Routed:
+    """Route an inbound call on `number` (which has no assistant) by asking its server."""
+    settings = state.settings
+    call_id = call_id_for(form.get("CallSid", ""))
+    try:
+        target = ServerTarget.from_config(number.server)
+    except ValueError as exc:
+        log.warning("number %s: server unusable for assistant-request: %s", number.id, exc)
+        target = None
+    if target is None:
+        return await _refuse(state, number, form, call_id, AssistantAnswer.failed(
+            EndedReason.ASSISTANT_REQUEST_RETURNED_NO_ASSISTANT,
+            "the number has no assistant and no server to ask",
+        ))  # fmt: skip
+    customer = {"number": form.get("From", "")}
+    phone = {**number.to_vapi(), "server": public_server(number.server)}
+    metadata = {
+        "tenant_id": number.tenant_id,
+        "phone_number_id": number.id,
+        "call_sid": form.get("CallSid", ""),
+        "from": customer["number"],
+    }
+    now = time.time()
+    message = envelope(
+        "assistant-request",
+        round(now * 1000),
+        call_json(call_id, metadata, "ringing", now),
+        phoneNumber=phone,
+        customer=customer,
+    )
+    answer = await request_assistant(
+        target, message, seconds=settings.assistant_request_timeout_seconds
+    )
+    claims: dict[str, str] = {
+        "ar": "1",  # the media stream re-derives the call id from the CallSid
+        "tenant_id": number.tenant_id,
+        "phone_number_id": number.id,
+    }
+    if answer.assistant is not None:
+        pending.put(form.get("CallSid", ""), answer.assistant)
+        return Routed(claims=claims | {"pending": "1", "assistant_id": ""})
+    assistant_id = answer.assistant_id
+    if assistant_id is not None:
+        if await state.stores.assistants.get(number.tenant_id, assistant_id) is None:
+            answer = AssistantAnswer.failed(
+                EndedReason.ASSISTANT_REQUEST_RETURNED_INVALID_ASSISTANT,
+                f"assistant {assistant_id} not found",
+            )
+        else:
+            return Routed(claims=claims | {"assistant_id": assistant_id})
+    return await _refuse(state, number, form, call_id, answer)
+
+
+async def _refuse(
+    state: AppState,
+    number: PhoneNumberRecord,
+    form: dict[str, str],
+    call_id: str,
+    answer: AssistantAnswer,
+) -> Routed:
+    """TwiML for a call no assistant takes; the call is recorded with its reason."""
+    reason = answer.reason or EndedReason.ASSISTANT_REQUEST_FAILED
+    call_sid = form.get("CallSid", "")
+    log.warning("call %s (%s): %s: %s", call_id, call_sid, reason.value, answer.detail)
+    state.calls.reject(call_id, reason, answer.detail, call_sid=call_sid)
+    calls = state.stores.calls
+    # Twilio asks again (the number's fallback URL) with the same CallSid, hence the same id.
+    if await calls.get_call(number.tenant_id, call_id, details=False) is not None:
+        return _refusal(answer, form)
+    await calls.create_call(
+        number.tenant_id,
+        type="inboundPhoneCall",
+        call_id=call_id,
+        status="in-progress" if answer.destination else "ringing",
+        phone_number_id=number.id,
+        twilio_call_sid=call_sid or None,
+        from_number=form.get("From") or None,
+        to_number=form.get("To") or None,
+    )
+    await calls.finish_call(call_id, reason.value, answer.detail)
+    return _refusal(answer, form)
+
+
+def _refusal(answer: AssistantAnswer, form: dict[str, str]) -> Routed:
+    if answer.destination is not None:
+        return Routed(twiml=dial(answer.destination, caller_id=form.get("From") or None))
+    return Routed(twiml=say_and_hangup(answer.say or FAILED_SAY))
