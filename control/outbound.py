@@ -21,6 +21,7 @@ from control.stream_token import InvalidToken, issue_token
 from control.twilio_rest import TwilioRest
 from media.twilio.twiml import connect_stream
 from storage import CallRecord, CallType, TwilioCredentials
+from storage.crypto import open_secrets
 from voice.assistant import Assistant
 
 __all__ = [
@@ -105,7 +106,7 @@ async def _assistant(state: AppState, call: CallRecord) -> Assistant | str:
     inline = call.metadata.get("assistant")
     try:
         if isinstance(inline, dict):
-            return Assistant.model_validate(inline)
+            return Assistant.model_validate(open_secrets(inline, state.stores.box))
         if call.tenant_id is None or call.assistant_id is None:
             return f"call {call.id} has no assistant"
         record = await state.stores.assistants.get(call.tenant_id, call.assistant_id)

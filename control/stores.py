@@ -61,6 +61,8 @@ class Stores:
     tools: ToolStore
     phone_numbers: PhoneNumberStore
     calls: CallStore
+    # Seals secrets kept outside the resource stores (a transient assistant on a call record).
+    box: SecretBox
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -85,4 +87,5 @@ async def open_stores(settings: Settings, *, check_migrated: bool = True) -> Sto
         tools=ToolStore(sessions, box),
         phone_numbers=PhoneNumberStore(sessions, box),
         calls=CallStore(sessions),
+        box=box,
     )

@@ -24,6 +24,7 @@ from control.twilio_rest import TwilioRestError
 from control.twilio_routes import MEDIA_PATH
 from control.twilio_status import STATUS_PATH
 from storage import CallRecord, CallStatus, to_vapi
+from storage.crypto import seal_secrets
 from storage.tables import CALL_STATUSES
 from voice.assistant import Assistant
 from voice.types import EndedReason
@@ -117,7 +118,10 @@ async def create_call(
     twilio = twilio_for(state.settings, credentials)
     if twilio is None:  # an imported number always has credentials; kept for the type
         raise ApiError(422, ["phoneNumberId: the number has no Twilio credentials"])
-    metadata: dict[str, Any] = {"assistant": inline} if inline is not None else {}
+    # A transient assistant's webhook secrets are sealed like a stored assistant's.
+    metadata: dict[str, Any] = (
+        {"assistant": seal_secrets(inline, stores.box)} if inline is not None else {}
+    )
     if body.name:
         metadata["name"] = body.name
     call = await stores.calls.create_call(

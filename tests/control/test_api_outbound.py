@@ -16,11 +16,13 @@ import websockets
 
 from benchmarks.fakes.server import Fault, serve
 from benchmarks.fakes.twilio_rest import FakeTwilioRest, FakeTwilioRestConfig
+from control.outbound import outbound_stream
 from media.twilio.caller import parse_twiml
 from media.twilio.phone import PhoneLine
 from media.twilio.signature import compute_signature
 from tests.conftest import AssistantFactory, ScriptedEngines
 from tests.control.conftest import ASSISTANT, AUTH_TOKEN, NUMBER, Api, api_app, running_api
+from voice.assistant import Assistant
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -121,12 +123,26 @@ async def test_bad_requests_reach_neither_twilio_nor_the_records(outbound: Outbo
 
 
 async def test_transient_assistant_is_kept_with_the_call(outbound: Outbound) -> None:
-    inline = {**ASSISTANT, "name": "Transient"}
+    secret = "transient-webhook-secret-42"
+    server = {"url": "http://127.0.0.1:9/hooks", "secret": secret}
+    inline = {**ASSISTANT, "name": "Transient", "server": server}
     body = _body(outbound, assistantId=None, assistant=inline)
     call = (await outbound.api.a.post("/call", json=body)).json()
     fetched = (await outbound.api.a.get(f"/call/{call['id']}")).json()
     assert fetched["assistant"]["name"] == "Transient" and "assistantId" not in fetched
     assert "metadata" not in fetched
+    assert secret not in json.dumps(fetched)  # write-only, as on /assistant
+    # Sealed at rest like a stored assistant's secret, and opened for the call itself.
+    state = outbound.api.app.state.ava
+    async with state.stores.engine.connect() as conn:
+        rows = (await conn.exec_driver_sql("SELECT metadata FROM calls")).all()
+    assert rows and all(secret not in str(row[0]) for row in rows)
+    (sid,) = outbound.twilio.calls
+    stream = await outbound_stream(
+        state, {"call_id": call["id"], "tenant_id": outbound.api.tenant_a}, sid
+    )
+    assert isinstance(stream.assistant, Assistant)
+    assert stream.assistant.server is not None and stream.assistant.server["secret"] == secret
 
 
 async def _wait_status(api: Api, call_id: str, status: str) -> dict[str, Any]:
