@@ -36,6 +36,11 @@ def build_parser(prog: str = "ava bench") -> argparse.ArgumentParser:
     latency = sub.add_parser("latency", help="per-turn latency, one call at a time")
     latency.add_argument("--calls", type=int, default=10)
     latency.add_argument("--profile", choices=("fakes", "offline"), default="fakes")
+    latency.add_argument(
+        "--no-speculation",
+        action="store_true",
+        help="the assistant waits for the confirmed turn before starting the LLM",
+    )
     common(latency, "latency")
 
     capacity = sub.add_parser("capacity", help="concurrent calls until a budget breaks")
@@ -95,6 +100,7 @@ def _latency(args: argparse.Namespace, command: str) -> int:
                 profile=args.profile,
                 pin=not args.no_pin,
                 on_done=lambda n: update("calls", n),
+                speculative=not args.no_speculation,
             )
         )
     latency_cdf(data, args.out / "latency-cdf.png", f"AVA latency ({args.profile} profile)")

@@ -152,13 +152,14 @@ async def run_latency(
     pin: bool = True,
     on_done: Callable[[int], None] | None = None,
     utterances: int | None = None,
+    speculative: bool = True,
 ) -> dict[str, Any]:
     """Place `calls` calls one after another against a fresh server process.
 
     `utterances` limits each call to the script's first few (the CI smoke run says one)."""
     aggregate = Aggregate()
     work = out_dir / "work"  # logs, speech, job files: not results
-    async with run_stack(profile, work, pin=pin) as stack:
+    async with run_stack(profile, work, pin=pin, speculative=speculative) as stack:
         files = stack.utterances[:utterances] if utterances else stack.utterances
         job = CallerJob(
             stack.server.base_url, files, calls, concurrency=1, barge_in_after=barge_in_after

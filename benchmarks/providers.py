@@ -37,9 +37,10 @@ LATENCIES = {"stt_final": 0.15, "llm_first_token": 0.3, "llm_tokens_per_second":
 GREETING = "Hello, this is Ava. How can I help you today?"
 
 
-def cloud_assistant() -> dict[str, Any]:
+def cloud_assistant(*, speculative: bool = True) -> dict[str, Any]:
     """The benchmark's assistant on the cloud path: Deepgram → OpenAI → ElevenLabs."""
     return {
+        "startSpeakingPlan": {"speculative": speculative},
         "name": "AVA bench",
         "firstMessage": GREETING,
         "firstMessageMode": "assistant-speaks-first",

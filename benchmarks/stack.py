@@ -73,6 +73,7 @@ async def run_stack(
     module: str = "control.cli",
     server_env: Mapping[str, str] | None = None,
     providers: ProviderUrls | None = None,
+    speculative: bool = True,
 ) -> AsyncIterator[Stack]:
     """The fakes (unless given, or offline) and a server process on `profile`."""
     if profile not in PROFILES:
@@ -96,7 +97,7 @@ async def run_stack(
                     )
                 )
             assistant = work_dir / "assistant.json"
-            assistant.write_text(json.dumps(cloud_assistant(), indent=2))
+            assistant.write_text(json.dumps(cloud_assistant(speculative=speculative), indent=2))
             env |= providers.ava_env() | {"AVA_ASSISTANT_FILE": str(assistant)}
         env |= dict(server_env or {})
         log = work_dir / f"server-{module.rsplit('.', 1)[-1]}.log"
