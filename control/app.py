@@ -86,6 +86,9 @@ def create_app(settings: Settings, *, engines: EngineSource | None = None) -> Fa
             state.ready = False
             await state.calls.drain(settings.drain_seconds)
             await app.state.webrtc.aclose()  # browser calls still connecting
+            if isinstance(hub, EngineHub):
+                # Even a hub passed in: its pool belongs to this app's loop (rebuilt on reuse).
+                await hub.aclose_http()
             if owns_engines:
                 hub.close()
 

@@ -2,8 +2,9 @@
 
 Offline engines (faster-whisper, the local responder, Piper) are shared; cloud adapters
 (`control.providers`) are built per call from the assistant's provider choice, fallbacks
-included, and closed by the session when the call ends. One `BreakerBoard` per hub (per process)
-lets every call skip a provider that keeps failing.
+included, and closed by the session when the call ends. They share the hub's one HTTP
+connection pool (`HttpPool`), closed by the app at shutdown (`aclose_http`). One `BreakerBoard`
+per hub (per process) lets every call skip a provider that keeps failing.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Protocol
 from control.logs import ContextThreadPool
 from control.providers import (
     CloudAdapters,
+    HttpPool,
     fallback_models,
     fallback_transcribers,
     fallback_voices,
@@ -78,6 +80,7 @@ class EngineHub:
         self.piper = piper
         self.whisper = whisper
         self.greetings = GreetingCache()
+        self.http = HttpPool(200 if settings is None else settings.max_calls)
 
     @classmethod
     def load(cls, settings: Settings) -> EngineHub:
@@ -117,7 +120,11 @@ class EngineHub:
         """Engines for one call. Raises ConfigError (naming the setting or field) when a chosen
         provider, primary or fallback, cannot be used."""
         model, voice, transcriber = assistant.model, assistant.voice, assistant.transcriber
-        cloud = None if self.settings is None else CloudAdapters(self.settings, self.timeouts)
+        cloud = (
+            None
+            if self.settings is None
+            else CloudAdapters(self.settings, self.timeouts, http=self.http)
+        )
         return Engines(
             stt=self._stt(transcriber, cloud),
             llm=self._llm(model, cloud),
@@ -170,6 +177,10 @@ class EngineHub:
         finally:
             for close in engines.closers:
                 await close()
+
+    async def aclose_http(self) -> None:
+        """Closes the shared HTTP pool (the app's shutdown); a later call builds a new one."""
+        await self.http.aclose()
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

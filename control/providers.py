@@ -3,8 +3,10 @@
 Keys and base URLs come from `Settings` (conventional names: DEEPGRAM_API_KEY, OPENAI_API_KEY,
 ELEVENLABS_API_KEY, …); provider choice and options from the assistant. A provider whose key is
 not set is a `ConfigError` naming the setting, raised when the call's engines are built, so a
-call never starts on a provider it cannot reach. Adapters are per call (each holds its own
-client or socket); `CloudAdapters.aclose()` releases them.
+call never starts on a provider it cannot reach. Adapters are per call; `CloudAdapters.aclose()`
+releases them. The HTTP adapters (OpenAI LLM and TTS) share one `HttpPool` per process when
+given one: building an HTTP client per call costs ~16 ms of CPU before the greeting leaves,
+and a shared pool also keeps connections warm across calls.
 
 Fallbacks use Vapi's shapes: `model.fallbackModels` (each entry's fields override the primary
 model's), `voice.fallbackPlan.voices` and `transcriber.fallbackPlan.transcribers` (each entry a
@@ -13,9 +15,12 @@ whole voice / transcriber).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import httpx
 from pydantic import ValidationError
 
 from control.settings import Settings
@@ -39,6 +44,7 @@ __all__ = [
     "CLOUD_TRANSCRIBERS",
     "CLOUD_VOICES",
     "CloudAdapters",
+    "HttpPool",
     "fallback_models",
     "fallback_transcribers",
     "fallback_voices",
@@ -52,6 +58,52 @@ CLOUD_TRANSCRIBERS = frozenset({"deepgram"})
 
 Closer = Callable[[], Awaitable[None]]
 C = TypeVar("C", ModelConfig, VoiceConfig, TranscriberConfig)
+
+log = logging.getLogger("ava.providers")
+
+
+class HttpPool:
+    """One `httpx.AsyncClient` for every call's HTTP adapters, built on first use.
+
+    A client's connections belong to the event loop that opened them, so the client is bound to
+    the loop it was built on; used from another loop (a test's, or after a restart in-process) a
+    new one is built. `aclose()` (at app shutdown) closes it; a later use builds a fresh one.
+    """
+
+    def __init__(self, max_calls: int = 200) -> None:
+        # Each live call has at most one LLM stream and one OpenAI TTS request in flight, so
+        # 2 connections per call never makes a call wait for the pool; idle ones are kept for
+        # reuse (no TCP/TLS handshake on the next call's first request) up to one per call.
+        self.limits = httpx.Limits(
+            max_connections=max(20, 2 * max_calls),
+            max_keepalive_connections=max(10, max_calls),
+            keepalive_expiry=20.0,
+        )
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def client(self) -> httpx.AsyncClient | None:
+        """The shared client, or None outside an event loop (the adapter then builds its own)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        if self._client is None or self._client.is_closed or self._loop is not loop:
+            if self._client is not None and not self._client.is_closed:
+                # Its loop is gone or elsewhere: its connections cannot be closed from here.
+                log.warning("HTTP pool used from a new event loop; building a new client")
+            # Timeouts are the adapters', sent with each request; `trust_env` off so no proxy
+            # or certificate settings come from the environment (as the websocket adapters).
+            self._client = httpx.AsyncClient(
+                limits=self.limits, timeout=httpx.Timeout(10.0), trust_env=False
+            )
+            self._loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client, self._loop = self._client, None, None
+        if client is not None:
+            await client.aclose()
 
 
 def openai_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -134,12 +186,23 @@ def _extra(config: ModelConfig | VoiceConfig | TranscriberConfig, name: str) -> 
 
 
 class CloudAdapters:
-    """Builds one call's cloud adapters and remembers them so they can be closed together."""
+    """Builds one call's cloud adapters and remembers them so they can be closed together.
+    With `http`, the HTTP adapters use its shared client (closing them leaves it open)."""
 
-    def __init__(self, settings: Settings, timeouts: StageTimeouts | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        timeouts: StageTimeouts | None = None,
+        *,
+        http: HttpPool | None = None,
+    ) -> None:
         self.settings = settings
         self.timeouts = timeouts or StageTimeouts()
+        self.http = http
         self.closers: list[Closer] = []
+
+    def _http_client(self) -> httpx.AsyncClient | None:
+        return None if self.http is None else self.http.client()
 
     @staticmethod
     def _key(value: str, setting: str, what: str) -> str:
@@ -184,6 +247,7 @@ class CloudAdapters:
             max_tokens=config.max_tokens,
             tools=openai_tools(config.tools),
             first_token_timeout=self.timeouts.llm_first_token,
+            http_client=self._http_client(),
         )
         self.closers.append(llm.aclose)
         return llm
@@ -224,6 +288,7 @@ class CloudAdapters:
                 voice=config.voice_id,
                 speed=config.speed,
                 first_byte_timeout=self.timeouts.tts_first_byte,
+                http_client=self._http_client(),
             )
             self.closers.append(openai_tts.aclose)
             return openai_tts

@@ -6,6 +6,10 @@ chunk (`stream_options.include_usage`) becomes a last `LlmDelta` with token coun
 
 The SDK's own retries are off (`max_retries=0`): the session owns retry and fallback, and a
 silent SDK retry would spend the caller's latency budget without anyone deciding to.
+
+`http_client` lets every call share one process-wide connection pool: building an SDK client
+with its own pool costs ~16 ms of CPU (an SSL context) per call, before the greeting can leave.
+A shared client is the owner's to close; `aclose()` then leaves it open.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
+import httpx
 import openai
 from openai.types.chat import (
     ChatCompletionChunk,
@@ -51,6 +56,7 @@ class OpenAiLlm:
         tools: Sequence[Mapping[str, Any]] | None = None,
         first_token_timeout: float = 4.0,
         stall_timeout: float = 10.0,
+        http_client: httpx.AsyncClient | None = None,
     ) -> None:
         if first_token_timeout <= 0 or stall_timeout <= 0:
             raise ValueError("timeouts must be positive")
@@ -60,13 +66,21 @@ class OpenAiLlm:
         self.tools = [dict(t) for t in tools] if tools else []
         self.first_token_timeout = first_token_timeout
         self.stall_timeout = stall_timeout
+        self._owns_http = http_client is None
         # `timeout` bounds every read, so a stream that stalls after its first token still ends.
+        # The SDK sends it with each request, so it holds on a shared client too. The SDK accepts
+        # an `httpx.AsyncClient` (and maps its errors) though its annotation names only httpx2.
         self._client = openai.AsyncOpenAI(
-            api_key=api_key, base_url=base_url, max_retries=0, timeout=stall_timeout
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=0,
+            timeout=stall_timeout,
+            http_client=cast(Any, http_client),
         )
 
     async def aclose(self) -> None:
-        await self._client.close()
+        if self._owns_http:
+            await self._client.close()
 
     async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[LlmDelta, None]:
         loop = asyncio.get_running_loop()

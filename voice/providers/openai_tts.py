@@ -6,7 +6,9 @@ can be played at once: it is resampled to 8 kHz by one `StreamingResampler` per 
 can end in the middle of a sample; the odd byte waits for the next read.
 
 httpx directly rather than the SDK: the SDK's streaming response hides when the first byte
-arrived, and that is the deadline this stage is measured by.
+arrived, and that is the deadline this stage is measured by. With `http_client` (one pool shared
+by every call) the key and the timeout go with each request, and `aclose()` leaves the client
+open for its owner to close.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class OpenAiTts:
         instructions: str | None = None,
         first_byte_timeout: float = 3.0,
         stall_timeout: float = 10.0,
+        http_client: httpx.AsyncClient | None = None,
     ) -> None:
         if not 0.25 <= speed <= 4.0:
             raise ValueError(f"speed must be in [0.25, 4.0], got {speed}")
@@ -59,16 +62,16 @@ class OpenAiTts:
             f"/{hashlib.sha256(instructions.encode()).hexdigest()[:12]}" if instructions else ""
         )
         self._url = f"{(base_url or 'https://api.openai.com/v1').rstrip('/')}/audio/speech"
-        # The client holds only a connection pool (nothing runs until a request); `trust_env`
+        self._headers = {"Authorization": f"Bearer {api_key}"}
+        self._timeout = httpx.Timeout(stall_timeout)
+        self._owns_http = http_client is None
+        # A client holds only a connection pool (nothing runs until a request); `trust_env`
         # off so no proxy or certificate settings come from the environment.
-        self._client = httpx.AsyncClient(
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=httpx.Timeout(stall_timeout),
-            trust_env=False,
-        )
+        self._client = http_client or httpx.AsyncClient(trust_env=False)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._owns_http:
+            await self._client.aclose()
 
     def _body(self, text: str) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -87,7 +90,9 @@ class OpenAiTts:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.first_byte_timeout
-        request = self._client.build_request("POST", self._url, json=self._body(text))
+        request = self._client.build_request(
+            "POST", self._url, json=self._body(text), headers=self._headers, timeout=self._timeout
+        )
         with map_httpx_errors(self.name, stage="first_byte", timeout=self.first_byte_timeout):
             async with asyncio.timeout_at(deadline):
                 response = await self._client.send(request, stream=True)
