@@ -11,7 +11,7 @@ re-raised (the caller already has part of the answer). Every failure is reported
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
@@ -35,6 +35,8 @@ __all__ = [
 
 Stage = Literal["stt", "llm", "tts"]
 T = TypeVar("T")
+E = TypeVar("E")  # an engine
+Item = TypeVar("Item")  # what its stream yields
 FailureHandler = Callable[[Stage, str, ProviderError], None]
 
 
@@ -102,6 +104,34 @@ class FailoverPlan(Generic[T]):
         self._breakers.get(candidate.key).record_success(now)
 
 
+async def _failover(
+    stage: Stage,
+    plan: FailoverPlan[E],
+    open_stream: Callable[[E], AsyncIterator[Item]],
+    is_output: Callable[[Item], bool],
+    clock: Clock,
+    on_failure: FailureHandler,
+) -> AsyncGenerator[Item, None]:
+    """Items of the first stream in `plan` that does not fail before its first output."""
+    last: ProviderError | None = None
+    while (candidate := plan.next(clock.now())) is not None:
+        produced = False
+        try:
+            async for item in open_stream(candidate.engine):
+                produced = produced or is_output(item)
+                yield item
+        except ProviderError as exc:
+            plan.failed(candidate, exc, clock.now())
+            on_failure(stage, candidate.key, exc)
+            if produced:
+                raise  # the listener already has part of it: no silent switch mid-answer
+            last = exc
+            continue
+        plan.succeeded(candidate, clock.now())
+        return
+    raise ProvidersExhausted(stage, last)
+
+
 class FallbackLlm:
     """A `LanguageModel` over a chain of them."""
 
@@ -119,24 +149,15 @@ class FallbackLlm:
         self._on_failure = on_failure
 
     async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[LlmDelta, None]:
-        plan = FailoverPlan(self._chain, self._breakers)
-        last: ProviderError | None = None
-        while (candidate := plan.next(self._clock.now())) is not None:
-            produced = False
-            try:
-                async for delta in candidate.engine.stream(messages):
-                    produced = True
-                    yield delta
-            except ProviderError as exc:
-                plan.failed(candidate, exc, self._clock.now())
-                self._on_failure("llm", candidate.key, exc)
-                if produced:
-                    raise
-                last = exc
-                continue
-            plan.succeeded(candidate, self._clock.now())
-            return
-        raise ProvidersExhausted("llm", last)
+        async for delta in _failover(
+            "llm",
+            FailoverPlan(self._chain, self._breakers),
+            lambda model: model.stream(messages),
+            lambda _delta: True,
+            self._clock,
+            self._on_failure,
+        ):
+            yield delta
 
 
 class FallbackTts:
@@ -157,21 +178,12 @@ class FallbackTts:
         self._on_failure = on_failure
 
     async def synthesize(self, text: str) -> AsyncGenerator[TtsChunk, None]:
-        plan = FailoverPlan(self._chain, self._breakers)
-        last: ProviderError | None = None
-        while (candidate := plan.next(self._clock.now())) is not None:
-            produced = False
-            try:
-                async for chunk in candidate.engine.synthesize(text):
-                    produced = produced or bool(chunk.audio)
-                    yield chunk
-            except ProviderError as exc:
-                plan.failed(candidate, exc, self._clock.now())
-                self._on_failure("tts", candidate.key, exc)
-                if produced:
-                    raise
-                last = exc
-                continue
-            plan.succeeded(candidate, self._clock.now())
-            return
-        raise ProvidersExhausted("tts", last)
+        async for chunk in _failover(
+            "tts",
+            FailoverPlan(self._chain, self._breakers),
+            lambda voice: voice.synthesize(text),
+            lambda chunk: bool(chunk.audio),
+            self._clock,
+            self._on_failure,
+        ):
+            yield chunk
