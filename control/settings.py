@@ -85,6 +85,32 @@ class Settings(BaseSettings):
     # ICE and DTLS must be up this long after the answer, or the peer connection is closed.
     webrtc_connect_timeout_seconds: float = Field(default=15, gt=0)
 
+    # --- the tenant boundary (issue 9) ---------------------------------------------------------
+    # Hosts and CIDRs a tenant-supplied URL (server, tools, assistant-request, custom-llm) may
+    # reach although they are loopback/private/link-local/CGNAT/multicast/metadata addresses,
+    # comma-separated: "10.0.0.0/8,hooks.internal". Dev mode (no Twilio token) allows loopback.
+    egress_allow: str = ""
+    # Largest response body read from a tenant's server (webhooks, tools, assistant-request).
+    max_response_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Whether tenants' assistants may use the operator's provider keys (DEEPGRAM_API_KEY, …,
+    # only with the operator's base URLs). None: yes in single-tenant setups (at most one
+    # tenant), no otherwise; set it to decide explicitly.
+    tenants_use_operator_keys: bool | None = None
+    # Calls to a number no tenant owns: "reject" (spoken TwiML, recorded nowhere) or
+    # "assistant-file" (answered by --assistant/AVA_ASSISTANT_FILE, the single-tenant setup).
+    # Empty: "assistant-file" in dev mode, "reject" otherwise.
+    unknown_numbers: str = Field(default="", pattern="^(|reject|assistant-file)$")
+    # Concurrent calls per tenant (phone and web), unless the tenant has its own limit.
+    # Counted in Redis across processes when AVA_REDIS_URL is set.
+    tenant_max_calls: int = Field(default=20, ge=1)
+    # Audio a media stream may send ahead of real time before it is closed (1008).
+    media_burst_seconds: float = Field(default=2.0, gt=0)
+    # Webhook delivery (control/webhooks.py): attempts per message and the per-destination
+    # breaker (consecutive failures before it opens, seconds it stays open).
+    webhook_max_attempts: int = Field(default=6, ge=1, le=20)
+    webhook_breaker_failures: int = Field(default=5, ge=1)
+    webhook_breaker_seconds: float = Field(default=30, gt=0)
+
     twilio_account_sid: str = Field(
         default="", validation_alias=AliasChoices("TWILIO_ACCOUNT_SID", "AVA_TWILIO_ACCOUNT_SID")
     )

