@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 
+from control.call_slots import call_slots_for
 from control.calls import CallManager
 from control.engines import EngineHub, EngineSource
 from control.errors import install_error_handlers
@@ -23,9 +24,10 @@ from control.state import AppState
 from control.stores import Stores, open_stores
 from control.twilio_routes import router as twilio_router
 from control.twilio_status import router as twilio_status_router
-from control.webhooks import running_webhooks
+from control.webhooks import WebhookSender, running_webhooks
 from control.webrtc_routes import install_webrtc
 from storage import CallRecorder, NotMigrated, display_url
+from storage.keys import SecretKeyError
 from voice.assistant import load_assistant
 
 __all__ = ["create_app"]
@@ -49,11 +51,13 @@ def create_app(settings: Settings, *, engines: EngineSource | None = None) -> Fa
         # `ava db upgrade`) before minutes go into loading speech models.
         try:
             stores = await open_stores(settings)
-        except NotMigrated as exc:
+        except (NotMigrated, SecretKeyError) as exc:
             log.error("refusing to start: %s", exc)
             raise
         try:
-            async with _recording(stores) as recorder, running_webhooks() as webhooks:
+            # Webhooks pending from a previous run are claimed and sent as soon as this starts.
+            sender = WebhookSender.from_settings(settings, stores.deliveries)
+            async with _recording(stores) as recorder, running_webhooks(sender) as webhooks:
                 app.state.webhooks = webhooks  # the media route registers each call's server
                 hub: EngineSource = (
                     engines if engines is not None else await EngineHub.load_async(settings)
@@ -66,6 +70,7 @@ def create_app(settings: Settings, *, engines: EngineSource | None = None) -> Fa
             await stores.close()
             if app.state.limiter is not None:
                 await app.state.limiter.aclose()
+            await app.state.call_slots.aclose()
 
     @asynccontextmanager
     async def _serving(app: FastAPI, state: AppState, owns_engines: bool) -> AsyncIterator[None]:
@@ -94,6 +99,7 @@ def create_app(settings: Settings, *, engines: EngineSource | None = None) -> Fa
 
     app = FastAPI(title="AVA", version="0.1.0", lifespan=lifespan)
     app.state.calls = calls
+    app.state.call_slots = call_slots_for(settings)  # per-tenant concurrent phone calls
     install_error_handlers(app)
     install_operations(app, settings, metrics)
     app.include_router(twilio_router)

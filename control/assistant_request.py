@@ -6,14 +6,16 @@ the wait after the call is answered (dead air) and still need the voice webhook 
 answer becomes TwiML at once:
 
 - `{assistant}` (transient) → `<Connect><Stream>`; the assistant waits in `PendingAssistants`
-  (keyed by CallSid, bounded, as long as the stream token lives) for the media stream, which
-  must reach this process (the token names it with `pending`);
+  (keyed by tenant and call id, bounded, as long as the stream token lives) for the media
+  stream, which must reach this process (the token names it with `pending`);
 - `{assistantId}` (one of the number's tenant's assistants) → `<Connect><Stream>` as for a
   number with that assistant;
 - `{destination: {number}}` → `<Dial>`; `{error}` → `<Say>` the error, `<Hangup>`;
 - no answer within `assistant_request_timeout_seconds` (Vapi: 7.5 s), a non-2xx, a body that is
   not JSON, an invalid assistant → an apology, `<Hangup>`.
 
+The call id the server is told is minted by the voice webhook (random, never derived from the
+CallSid, which another tenant's signed webhook could repeat) and travels in the stream token.
 Every call that does not reach an assistant is still recorded (GET /call) with Vapi's
 `assistant-request-*` ended reason. The request is one attempt (the budget leaves no room for
 retries), signed like every webhook (`voice.server_messages`).
@@ -21,12 +23,8 @@ retries), signed like every webhook (`voice.server_messages`).
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
-import ssl
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,10 +32,13 @@ from typing import Any
 
 import httpx
 
+from control.egress import egress_policy
 from control.state import AppState
 from media.twilio.twiml import dial, say_and_hangup
 from storage import PhoneNumberRecord
 from voice.assistant import Assistant
+from voice.egress import EgressDenied, EgressPolicy
+from voice.egress_http import error_kind, guarded_client, post_capped
 from voice.server_messages import (
     AssistantAnswer,
     ServerTarget,
@@ -55,7 +56,6 @@ __all__ = [
     "PendingAssistants",
     "Routed",
     "ask_for_assistant",
-    "call_id_for",
     "request_assistant",
 ]
 
@@ -63,11 +63,11 @@ log = logging.getLogger("ava.twilio")
 
 FAILED_SAY = "Sorry, this call cannot be connected right now. Please try again later. Goodbye."
 MAX_ANSWER_BYTES = 256 * 1024  # a transient assistant is a few kB; more is not an answer
-_CALL_IDS = uuid.UUID("6f1d3c2e-6a57-4f0e-9a43-5d2b8e0c7a11")
 
 
 class PendingAssistants:
-    """Transient assistants between the voice webhook and their media stream, by CallSid.
+    """Transient assistants between the voice webhook and their media stream, by tenant and
+    call id (both from the stream token, which only this server signs).
 
     Bounded: at most `max_entries` (overflow: the oldest is dropped; its stream then ends
     with a server error) and each for `ttl` seconds (the stream token's lifetime)."""
@@ -78,18 +78,18 @@ class PendingAssistants:
         self.ttl = ttl
         self.max_entries = max_entries
         self._clock = clock
-        self._items: OrderedDict[str, tuple[float, Assistant]] = OrderedDict()
+        self._items: OrderedDict[tuple[str, str], tuple[float, Assistant]] = OrderedDict()
 
-    def put(self, call_sid: str, assistant: Assistant) -> None:
+    def put(self, tenant_id: str, call_id: str, assistant: Assistant) -> None:
         self._expire()
-        self._items[call_sid] = (self._clock() + self.ttl, assistant)
+        self._items[(tenant_id, call_id)] = (self._clock() + self.ttl, assistant)
         while len(self._items) > self.max_entries:
-            dropped, _ = self._items.popitem(last=False)
+            (_, dropped), _ = self._items.popitem(last=False)
             log.error("pending transient assistants full: call %s's dropped", dropped)
 
-    def take(self, call_sid: str) -> Assistant | None:
+    def take(self, tenant_id: str, call_id: str) -> Assistant | None:
         self._expire()
-        item = self._items.pop(call_sid, None)
+        item = self._items.pop((tenant_id, call_id), None)
         return None if item is None else item[1]
 
     def __len__(self) -> int:
@@ -104,49 +104,43 @@ class PendingAssistants:
             self._items.popitem(last=False)
 
 
-@functools.cache
-def _tls() -> ssl.SSLContext:
-    # Building the default context loads the CA bundle (~40 ms): once per process, not per call.
-    return httpx.create_ssl_context()
-
-
 async def request_assistant(
     target: ServerTarget,
     message: dict[str, Any],
     *,
     seconds: float,
+    policy: EgressPolicy | None = None,
+    max_bytes: int = MAX_ANSWER_BYTES,
     wall: Callable[[], float] = time.time,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> AssistantAnswer:
-    """POST `message` to `target` once, signed; its answer, or why there is none."""
+    """POST `message` to `target` once, signed; its answer, or why there is none.
+
+    The server is the tenant's: reached only where `policy` (the operator's egress policy;
+    None: the strict default) allows, within `seconds` end to end, its answer read up to
+    `max_bytes`. A failure is recorded as an HTTP status or a fixed error kind, never with the
+    server's body or the exception's text. `transport` replaces the network (tests)."""
     body = encode(message)
     headers = target.request_headers(body, int(wall()))
     failed = EndedReason.ASSISTANT_REQUEST_FAILED
     try:
-        async with asyncio.timeout(seconds):
-            async with httpx.AsyncClient(
-                transport=transport, verify=_tls(), follow_redirects=False
-            ) as http:
-                async with http.stream("POST", target.url, content=body, headers=headers) as r:
-                    answer = bytearray()
-                    async for chunk in r.aiter_bytes():
-                        answer += chunk
-                        if len(answer) > MAX_ANSWER_BYTES:
-                            return AssistantAnswer.failed(
-                                failed, f"the answer is over {MAX_ANSWER_BYTES} bytes"
-                            )
-                    status = r.status_code
+        async with guarded_client(
+            policy or EgressPolicy(), timeout_seconds=seconds, max_connections=1,
+            transport=transport,
+        ) as http:  # fmt: skip
+            status, answer = await post_capped(
+                http, target.url, content=body, headers=headers, limit=max_bytes,
+                timeout_seconds=seconds,
+            )  # fmt: skip
     except TimeoutError:
         return AssistantAnswer.failed(failed, f"no answer within {seconds:g}s")
-    except httpx.HTTPError as exc:
-        return AssistantAnswer.failed(failed, f"{type(exc).__name__}: {exc}")
-    return parse_assistant_answer(status, bytes(answer))
-
-
-def call_id_for(call_sid: str) -> str:
-    """The call id an assistant-request call gets: its server is told it before the media stream
-    exists, and the stream token has no room to carry it (Twilio: < 500 characters)."""
-    return f"call_{uuid.uuid5(_CALL_IDS, call_sid).hex}"
+    except (httpx.HTTPError, httpx.InvalidURL, EgressDenied) as exc:
+        kind = error_kind(exc)
+        log.info("assistant-request to the number's server failed: %s: %s", kind, exc)
+        return AssistantAnswer.failed(failed, f"the request failed: {kind}")
+    if 300 <= status < 400:
+        return AssistantAnswer.failed(failed, f"the server answered HTTP {status} (redirect)")
+    return parse_assistant_answer(status, answer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,10 +157,11 @@ async def ask_for_assistant(
     number: PhoneNumberRecord,
     form: dict[str, str],
     pending: PendingAssistants,
+    call_id: str,
 ) -> Routed:
-    """Route an inbound call on `number` (which has no assistant) by asking its server."""
+    """Route an inbound call on `number` (which has no assistant) by asking its server; the
+    call is `call_id` (the voice webhook's, carried on by the stream token)."""
     settings = state.settings
-    call_id = call_id_for(form.get("CallSid", ""))
     try:
         target = ServerTarget.from_config(number.server)
     except ValueError as exc:
@@ -194,15 +189,13 @@ async def ask_for_assistant(
         customer=customer,
     )
     answer = await request_assistant(
-        target, message, seconds=settings.assistant_request_timeout_seconds
-    )
-    claims: dict[str, str] = {
-        "ar": "1",  # the media stream re-derives the call id from the CallSid
-        "tenant_id": number.tenant_id,
-        "phone_number_id": number.id,
-    }
+        target, message, seconds=settings.assistant_request_timeout_seconds,
+        policy=egress_policy(settings),
+        max_bytes=min(MAX_ANSWER_BYTES, settings.max_response_bytes),
+    )  # fmt: skip
+    claims: dict[str, str] = {"tenant_id": number.tenant_id, "phone_number_id": number.id}
     if answer.assistant is not None:
-        pending.put(form.get("CallSid", ""), answer.assistant)
+        pending.put(number.tenant_id, call_id, answer.assistant)
         return Routed(claims=claims | {"pending": "1", "assistant_id": ""})
     assistant_id = answer.assistant_id
     if assistant_id is not None:
@@ -229,8 +222,9 @@ async def _refuse(
     log.warning("call %s (%s): %s: %s", call_id, call_sid, reason.value, answer.detail)
     state.calls.reject(call_id, reason, answer.detail, call_sid=call_sid)
     calls = state.stores.calls
-    # Twilio asks again (the number's fallback URL) with the same CallSid, hence the same id.
-    if await calls.get_call(number.tenant_id, call_id, details=False) is not None:
+    # Twilio asks again (the number's fallback URL) with the same CallSid: one record per call.
+    # Looked up within the number's tenant only: another tenant may send the same CallSid.
+    if call_sid and await calls.find_by_twilio_sid(number.tenant_id, call_sid) is not None:
         return _refusal(answer, form)
     await calls.create_call(
         number.tenant_id,

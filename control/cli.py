@@ -25,7 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from control.app import create_app
     from control.logs import configure_logging
-    from control.server import DrainingServer
+    from control.server import DrainingServer, startup_refusal
     from control.settings import Settings
 
     overrides: dict[str, object] = {}
@@ -36,6 +36,10 @@ def _serve(args: argparse.Namespace) -> int:
     if args.port:
         overrides["port"] = args.port
     settings = Settings(**overrides)  # type: ignore[arg-type]
+    refusal = asyncio.run(startup_refusal(settings))
+    if refusal is not None:
+        print(f"ava serve: refusing to start: {refusal}", file=sys.stderr)  # noqa: T201
+        return 1
     configure_logging(settings.log_format, settings.log_level)
     app = create_app(settings)
     config = uvicorn.Config(
@@ -54,8 +58,10 @@ def _serve(args: argparse.Namespace) -> int:
         ws_per_message_deflate=False,
         timeout_graceful_shutdown=10,
     )
-    DrainingServer(config, app.state.calls, settings.drain_seconds).run()
-    return 0
+    server = DrainingServer(config, app.state.calls, settings.drain_seconds)
+    server.run()
+    # run() also returns when the lifespan refused to start: that is no success.
+    return 0 if server.started else 1
 
 
 def _call(args: argparse.Namespace) -> int:
@@ -111,6 +117,11 @@ def _add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     create = tenant.add_parser("create", help="create a tenant; prints its id")
     create.add_argument("name")
     tenant.add_parser("list", help="list tenants")
+    set_limit = tenant.add_parser(
+        "set-limit", help="set a tenant's limit of concurrent calls (default: AVA_TENANT_MAX_CALLS)"
+    )
+    set_limit.add_argument("tenant", help="tenant id")
+    set_limit.add_argument("max_calls", help="a number of calls (0 refuses all), or 'default'")
 
     key = sub.add_parser("key", help="API keys").add_subparsers(dest="action", required=True)
     key_create = key.add_parser("create", help="create an API key; prints it (only this once)")

@@ -2,9 +2,11 @@
 
 Offline engines (faster-whisper, the local responder, Piper) are shared; cloud adapters
 (`control.providers`) are built per call from the assistant's provider choice, fallbacks
-included, and closed by the session when the call ends. They share the hub's one HTTP
-connection pool (`HttpPool`), closed by the app at shutdown (`aclose_http`). One `BreakerBoard`
-per hub (per process) lets every call skip a provider that keeps failing.
+included, and closed by the session when the call ends, with the keys the call may use
+(`ProviderKeys`: its tenant's credentials, or the operator's). They share the hub's HTTP
+connection pools (`HttpPool`): one for the operator's provider URLs, one egress-guarded for URLs
+a tenant chose (custom-llm), both closed by the app at shutdown (`aclose_http`). One
+`BreakerBoard` per hub (per process) lets every call skip a provider that keeps failing.
 """
 
 from __future__ import annotations
@@ -12,13 +14,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+import httpx
+
+from control.egress import egress_policy
 from control.logs import ContextThreadPool
 from control.providers import (
+    OPERATOR_KEYS,
     CloudAdapters,
     HttpPool,
+    ProviderKeys,
     fallback_models,
     fallback_transcribers,
     fallback_voices,
@@ -26,6 +34,7 @@ from control.providers import (
 from control.settings import Settings
 from voice.assistant import Assistant, ModelConfig, TranscriberConfig, VoiceConfig
 from voice.breaker import BreakerBoard
+from voice.egress_http import DEFAULT_MAX_RESPONSE_BYTES, guarded_client
 from voice.engines import (
     PiperEngine,
     SileroVad,
@@ -49,10 +58,26 @@ __all__ = ["EngineHub", "EngineSource"]
 log = logging.getLogger("ava.engines")
 
 
+def _guarded(settings: Settings) -> Callable[[httpx.Limits], httpx.AsyncClient]:
+    """Builds the egress-guarded client of the tenants' pool. The policy is made now, so a bad
+    AVA_EGRESS_ALLOW stops the server at startup rather than a call."""
+    policy = egress_policy(settings)
+
+    def build(limits: httpx.Limits) -> httpx.AsyncClient:
+        # Timeouts are the adapters', sent with each request, as on the operator's pool.
+        return guarded_client(
+            policy, timeout_seconds=10.0, max_connections=limits.max_connections or 100
+        )
+
+    return build
+
+
 class EngineSource(Protocol):
     """Where the app gets each call's engines (the offline hub, or scripted ones in tests)."""
 
-    def for_assistant(self, assistant: Assistant) -> Engines: ...
+    def for_assistant(
+        self, assistant: Assistant, keys: ProviderKeys = OPERATOR_KEYS
+    ) -> Engines: ...
 
     async def warm(self, assistant: Assistant) -> None: ...
 
@@ -80,7 +105,12 @@ class EngineHub:
         self.piper = piper
         self.whisper = whisper
         self.greetings = GreetingCache()
-        self.http = HttpPool(200 if settings is None else settings.max_calls)
+        max_calls = 200 if settings is None else settings.max_calls
+        self.http = HttpPool(max_calls)
+        # Tenants' URLs (a custom LLM) only through the operator's egress policy.
+        self.tenant_http = (
+            None if settings is None else HttpPool(max_calls, build=_guarded(settings))
+        )
 
     @classmethod
     def load(cls, settings: Settings) -> EngineHub:
@@ -116,14 +146,21 @@ class EngineHub:
             settings=settings,
         )
 
-    def for_assistant(self, assistant: Assistant) -> Engines:
-        """Engines for one call. Raises ConfigError (naming the setting or field) when a chosen
-        provider, primary or fallback, cannot be used."""
+    def for_assistant(self, assistant: Assistant, keys: ProviderKeys = OPERATOR_KEYS) -> Engines:
+        """Engines for one call, its cloud providers keyed by `keys` (a tenant's call: from
+        `control.providers.provider_keys`). Raises ConfigError (naming the setting or field)
+        when a chosen provider, primary or fallback, cannot be used."""
         model, voice, transcriber = assistant.model, assistant.voice, assistant.transcriber
         cloud = (
             None
             if self.settings is None
-            else CloudAdapters(self.settings, self.timeouts, http=self.http)
+            else CloudAdapters(
+                self.settings,
+                self.timeouts,
+                http=self.http,
+                tenant_http=self.tenant_http,
+                keys=keys,
+            )
         )
         return Engines(
             stt=self._stt(transcriber, cloud),
@@ -138,6 +175,13 @@ class EngineHub:
             tts_fallbacks=[self._tts(v, cloud) for v in fallback_voices(voice)],
             breakers=self.breakers,
             closers=[] if cloud is None else [cloud.aclose],
+            # tool servers: the operator's egress policy and response cap (voice.tools)
+            egress=None if self.settings is None else egress_policy(self.settings),
+            max_response_bytes=(
+                DEFAULT_MAX_RESPONSE_BYTES
+                if self.settings is None
+                else self.settings.max_response_bytes
+            ),
         )
 
     @staticmethod
@@ -179,8 +223,10 @@ class EngineHub:
                 await close()
 
     async def aclose_http(self) -> None:
-        """Closes the shared HTTP pool (the app's shutdown); a later call builds a new one."""
+        """Closes the shared HTTP pools (the app's shutdown); a later call builds new ones."""
         await self.http.aclose()
+        if self.tenant_http is not None:
+            await self.tenant_http.aclose()
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

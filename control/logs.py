@@ -16,11 +16,13 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TextIO, TypeVar
+
+from voice.job_pool import BoundedExecutor
 
 __all__ = [
     "CALL_ID",
@@ -64,9 +66,10 @@ def bound(
             var.reset(token)
 
 
-class ContextThreadPool(ThreadPoolExecutor):
+class ContextThreadPool(BoundedExecutor):
     """Runs each job in a copy of the submitter's context, as `asyncio.to_thread` does, so lines
-    logged by work done for a call (a library's too) carry the call's id."""
+    logged by work done for a call (a library's too) carry the call's id. Bounded: a job past
+    `max_pending` fails fast (`voice.job_pool.BoundedExecutor`)."""
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         job = functools.partial(fn, *args, **kwargs)

@@ -2,9 +2,11 @@
 
 Pure ASGI middleware (not Starlette's BaseHTTPMiddleware, which runs the app in a separate task,
 breaks streaming and adds latency). Order, outermost first: `RequestContext` (so even a 413 or
-a 500 carries the request id), then `BodyLimit`. The rate limit is not middleware: it needs the
-API key's identity, so it runs in `control.deps.current_tenant` right after authentication,
-which also keeps Twilio's webhooks and media stream (signature-checked, no key) out of it.
+a 500 carries the request id), then `BodyLimit`, then `JsonLimits` (JSON bodies nested too deep
+or holding too long a string: 422 before any route parses them). The rate limit is not
+middleware: it needs the API key's identity, so it runs in `control.deps.current_tenant` right
+after authentication, which also keeps Twilio's webhooks and media stream (signature-checked,
+no key) out of it.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ from control.limits import LocalRateLimiter, RateLimiter
 from control.logs import REQUEST_ID, TENANT_ID
 from control.metrics import Metrics, metrics_router
 from control.settings import Settings
+from voice.json_bounds import JsonBounds, JsonTooComplex, check_json, text_depth
 
 __all__ = [
     "BodyLimit",
+    "JsonLimits",
     "RateLimited",
     "RequestContext",
     "check_rate_limit",
@@ -50,13 +54,15 @@ _VALID_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _QUIET_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
 
 
-def _error_body(status: int, message: str) -> bytes:
+def _error_body(status: int, message: str | list[str]) -> bytes:
     """Vapi's error shape, as `control.errors` answers with."""
     body = {"message": message, "error": HTTPStatus(status).phrase, "statusCode": status}
     return json.dumps(body).encode()
 
 
-async def _send_error(send: Send, status: int, message: str, headers: list[Any]) -> None:
+async def _send_error(
+    send: Send, status: int, message: str | list[str], headers: list[Any]
+) -> None:
     body = _error_body(status, message)
     await send(
         {
@@ -243,6 +249,82 @@ class BodyLimit:
         await _send_error(send, 413, f"request body over {self.max_bytes} bytes", headers)
 
 
+def _is_json(scope: Scope) -> bool:
+    """Whether FastAPI would parse this body as JSON: a JSON media type, or none at all."""
+    content_type = _header(scope, b"content-type")
+    if content_type is None:
+        return True
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
+class JsonLimits:
+    """Refuses a JSON request body nested deeper than `bounds.max_depth` or holding a string
+    longer than `bounds.max_string_chars` with 422 naming the limit and where it was passed.
+
+    Routes, pydantic and the secret sealing all walk bodies recursively; a body nested 900 deep
+    made them raise RecursionError, some after the row was stored (issue 9, finding 7). The
+    check here runs first and cannot recurse: the depth is read from the raw text
+    (`voice.json_bounds.text_depth`), and only a body within it is parsed and walked for string
+    lengths. Bodies that are not JSON go through untouched for the route to refuse. The body
+    is read whole, which `BodyLimit` (outside this) has already capped.
+    """
+
+    def __init__(self, app: ASGIApp, bounds: JsonBounds | None = None) -> None:
+        self.app = app
+        self.bounds = bounds or JsonBounds()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not _is_json(scope):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                # The client went away mid-body: let the app see that as it would have.
+                await self.app(scope, _replay([], message, receive), send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        problem = self._problem(body)
+        if problem is not None:
+            await _send_error(send, 422, problem, [])
+            return
+        request: Message = {"type": "http.request", "body": body, "more_body": False}
+        await self.app(scope, _replay([request], None, receive), send)
+
+    def _problem(self, body: bytes) -> list[str] | None:
+        limit = self.bounds.max_depth
+        if text_depth(body, limit) > limit:
+            return [f"body: JSON nested deeper than {limit} levels (the limit)"]
+        try:
+            value = json.loads(body)
+        except ValueError:
+            return None  # not JSON: the route answers that
+        try:
+            check_json(value, self.bounds)
+        except JsonTooComplex as exc:
+            return [f"{exc.path}: {exc.problem} (the limit)"]
+        return None
+
+
+def _replay(messages: list[Message], then: Message | None, receive: Receive) -> Receive:
+    """A `receive` that gives `messages`, then `then` if any, then the real `receive`'s."""
+    queued = [*messages, *([then] if then is not None else [])]
+
+    async def replayed() -> Message:
+        if queued:
+            return queued.pop(0)
+        return await receive()
+
+    return replayed
+
+
 class RateLimited(ApiError):
     def __init__(self, retry_after: float) -> None:
         super().__init__(429, "rate limit exceeded for this API key; retry later")
@@ -294,6 +376,7 @@ def install_operations(app: FastAPI, settings: Settings, metrics: Metrics) -> No
     app.state.limiter = make_rate_limiter(settings, metrics)
     app.add_exception_handler(RateLimited, _rate_limited)
     app.include_router(metrics_router)
+    app.add_middleware(JsonLimits)  # added first: inside BodyLimit, so it reads a capped body
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_body_bytes, on_reject=metrics.bodies_too_large.inc
     )

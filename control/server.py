@@ -17,8 +17,12 @@ from types import FrameType
 import uvicorn
 
 from control.calls import CallManager
+from control.settings import Settings
+from control.stores import open_stores
+from storage import NotMigrated
+from storage.keys import SecretKeyError
 
-__all__ = ["DrainingServer"]
+__all__ = ["DrainingServer", "startup_refusal"]
 
 log = logging.getLogger("ava")
 
@@ -42,3 +46,15 @@ class DrainingServer(uvicorn.Server):
             await self.calls.drain(self.drain_seconds)
         finally:
             self.should_exit = True
+
+
+async def startup_refusal(settings: Settings) -> str | None:
+    """Why the server must not start with `settings`: no AVA_SECRET_KEY outside dev mode, a key
+    the database was not set up with, an unmigrated database. Checked before the app is built,
+    so the operator gets one line saying what to fix, not a traceback after models load."""
+    try:
+        stores = await open_stores(settings)
+    except (NotMigrated, SecretKeyError) as exc:
+        return str(exc)
+    await stores.close()
+    return None

@@ -6,13 +6,14 @@ providers' conventional ones.
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.engine import default_sqlite_url
+from storage.keys import ServerKey, resolve_server_key, stream_signing_key
+from voice.egress import EgressPolicy
 
 __all__ = ["IceServer", "Settings"]
 
@@ -46,7 +47,8 @@ class Settings(BaseSettings):
     # Base URL Twilio reaches us at (https://voice.example.com); TwiML's wss:// URL is built
     # from it. Empty: taken from the request (Host / X-Forwarded-* headers).
     public_url: str = ""
-    # Signs stream tokens. Empty: a random key per process (fine for one dev process only).
+    # The server's secret: hashes API keys, seals secrets at rest, signs stream tokens. Required
+    # outside dev mode; in dev mode, empty: a key generated once beside the SQLite database.
     secret_key: SecretStr = SecretStr("")
     stream_token_ttl_seconds: float = Field(default=60, gt=0)
     # An inbound call's `assistant-request` webhook must answer within this (Vapi: 7.5 s fixed;
@@ -110,6 +112,31 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(default=6, ge=1, le=20)
     webhook_breaker_failures: int = Field(default=5, ge=1)
     webhook_breaker_seconds: float = Field(default=30, gt=0)
+    # OpenAI-compatible LLM providers with their own hosts (control/providers.py): a tenant's
+    # credential for the provider, or the operator's key below, is sent only to these URLs.
+    groq_base_url: str = Field(
+        default="https://api.groq.com/openai/v1",
+        validation_alias=AliasChoices("GROQ_BASE_URL", "AVA_GROQ_BASE_URL"),
+    )
+    groq_api_key: SecretStr = Field(
+        default=SecretStr(""), validation_alias=AliasChoices("GROQ_API_KEY", "AVA_GROQ_API_KEY")
+    )
+    together_base_url: str = Field(
+        default="https://api.together.xyz/v1",
+        validation_alias=AliasChoices("TOGETHER_BASE_URL", "AVA_TOGETHER_BASE_URL"),
+    )
+    together_api_key: SecretStr = Field(
+        default=SecretStr(""),
+        validation_alias=AliasChoices("TOGETHER_API_KEY", "AVA_TOGETHER_API_KEY"),
+    )
+    deepinfra_base_url: str = Field(
+        default="https://api.deepinfra.com/v1/openai",
+        validation_alias=AliasChoices("DEEPINFRA_BASE_URL", "AVA_DEEPINFRA_BASE_URL"),
+    )
+    deepinfra_api_key: SecretStr = Field(
+        default=SecretStr(""),
+        validation_alias=AliasChoices("DEEPINFRA_API_KEY", "AVA_DEEPINFRA_API_KEY"),
+    )
 
     twilio_account_sid: str = Field(
         default="", validation_alias=AliasChoices("TWILIO_ACCOUNT_SID", "AVA_TWILIO_ACCOUNT_SID")
@@ -151,6 +178,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("ELEVENLABS_BASE_URL", "AVA_ELEVENLABS_BASE_URL"),
     )
 
+    @field_validator("egress_allow")
+    @classmethod
+    def _egress_entries(cls, value: str) -> str:
+        EgressPolicy(value)  # a bad entry stops the server at startup, naming it
+        return value
+
     @property
     def dev_mode(self) -> bool:
         """No Twilio credentials: webhooks and streams are not signature-checked."""
@@ -159,9 +192,14 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         return self.database_url or default_sqlite_url(self.data_dir)
 
+    def server_key(self) -> ServerKey:
+        """The server's secret: AVA_SECRET_KEY, or in dev mode a key kept beside the SQLite
+        database (storage/keys.py). Raises SecretKeyMissing outside dev mode without it."""
+        return resolve_server_key(
+            self.secret_key.get_secret_value(), self.resolved_database_url(), dev_mode=self.dev_mode
+        )
+
     def signing_key(self) -> bytes:
-        key = self.secret_key.get_secret_value()
-        if not key:
-            key = secrets.token_urlsafe(32)
-            self.secret_key = SecretStr(key)
-        return key.encode()
+        """Signs stream tokens: derived from the server's secret, never a key of this process
+        alone, so a token issued by one process verifies in every other on the database."""
+        return stream_signing_key(self.server_key().value)

@@ -6,8 +6,6 @@ Twilio credentials with the same key.
 
 from __future__ import annotations
 
-import os
-import secrets
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -16,6 +14,7 @@ from control.settings import Settings
 from storage import (
     AssistantStore,
     CallStore,
+    CredentialStore,
     PhoneNumberStore,
     SecretBox,
     TenantStore,
@@ -24,33 +23,20 @@ from storage import (
     make_engine,
     make_sessionmaker,
 )
+from storage.deliveries import DeliveryStore
+from storage.keys import check_key
 
 __all__ = ["Stores", "open_stores", "server_secret"]
 
-_SECRET_FILE = "secret.key"
-
 
 def server_secret(settings: Settings) -> str:
-    """AVA_SECRET_KEY, or a key generated once into the data dir.
+    """AVA_SECRET_KEY, or in dev mode a key generated once beside the SQLite database.
 
-    Not a random key per process: API key hashes and encrypted Twilio tokens must survive a
-    restart, and `ava key create` (another process) must hash the way the server checks."""
-    configured = settings.secret_key.get_secret_value()
-    if configured:
-        return configured
-    path = settings.data_dir / _SECRET_FILE
-    if path.exists():
-        return path.read_text().strip()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(32)
-    # O_EXCL: two processes starting at once must not each write (and use) a different key.
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as file:
-        file.write(value)
-    return value
+    Not a random key per process, nor one found relative to the working directory: API key
+    hashes and encrypted Twilio tokens must survive a restart, and `ava key create` (another
+    process, maybe elsewhere) must hash the way the server checks. Raises SecretKeyMissing
+    outside dev mode without AVA_SECRET_KEY."""
+    return settings.server_key().value
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,24 +47,31 @@ class Stores:
     tools: ToolStore
     phone_numbers: PhoneNumberStore
     calls: CallStore
+    credentials: CredentialStore
     # Seals secrets kept outside the resource stores (a transient assistant on a call record).
     box: SecretBox
+    # The webhook outbox and delivery log (control/webhooks.py, GET /webhook-delivery).
+    deliveries: DeliveryStore
 
     async def close(self) -> None:
         await self.engine.dispose()
 
 
 async def open_stores(settings: Settings, *, check_migrated: bool = True) -> Stores:
-    """Stores over the configured database; raises NotMigrated unless it is at head."""
+    """Stores over the configured database; raises NotMigrated unless it is at head,
+    SecretKeyMissing without a key where one is required, SecretKeyMismatch when the database
+    was set up with another key (it records this one's fingerprint if it has none)."""
+    key = settings.server_key()
     engine = make_engine(settings.resolved_database_url())
     try:
         if check_migrated:
             await ensure_migrated(engine)
+        await check_key(engine, key)
     except BaseException:
         await engine.dispose()
         raise
     sessions = make_sessionmaker(engine)
-    secret = server_secret(settings)
+    secret = key.value
     box = SecretBox.from_secret(secret)
     return Stores(
         engine=engine,
@@ -87,5 +80,7 @@ async def open_stores(settings: Settings, *, check_migrated: bool = True) -> Sto
         tools=ToolStore(sessions, box),
         phone_numbers=PhoneNumberStore(sessions, box),
         calls=CallStore(sessions),
+        credentials=CredentialStore(sessions, box),
         box=box,
+        deliveries=DeliveryStore(sessions, box),
     )

@@ -2,6 +2,9 @@
 
 Twilio forbids query strings on the stream URL, so the token travels as a `<Parameter>` and
 arrives in `start.customParameters`. Format: base64url(JSON claims) "." base64url(HMAC-SHA256).
+Twilio wants a parameter's name and value under 500 characters together, so claims stay short
+(`exp` is whole seconds). A token is good for one media stream: the stream records the call id
+its claims carry as used (control/twilio_routes.py), so a replay is refused.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 from typing import Any
 
 __all__ = ["InvalidToken", "issue_token", "verify_token"]
@@ -28,14 +32,18 @@ def _unb64(text: str) -> bytes:
 
 
 def issue_token(key: bytes, claims: dict[str, Any], *, now: float, ttl: float) -> str:
-    body = _b64(json.dumps({**claims, "exp": now + ttl}, separators=(",", ":")).encode())
+    # Rounded down: a token never outlives the TTL asked for (it may lose up to a second).
+    expires = math.floor(now + ttl)
+    body = _b64(json.dumps({**claims, "exp": expires}, separators=(",", ":")).encode())
     signature = _b64(hmac.new(key, body.encode(), hashlib.sha256).digest())
     return f"{body}.{signature}"
 
 
 def verify_token(key: bytes, token: str, *, now: float) -> dict[str, Any]:
     body, _, signature = token.partition(".")
-    if not body or not signature:
+    # Tokens arrive from unauthenticated requests: anything but base64url text is malformed
+    # (hmac.compare_digest refuses non-ASCII str, and encode() a lone surrogate).
+    if not body or not signature or not token.isascii():
         raise InvalidToken("malformed stream token")
     expected = _b64(hmac.new(key, body.encode(), hashlib.sha256).digest())
     if not hmac.compare_digest(expected, signature):

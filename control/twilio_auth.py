@@ -1,21 +1,34 @@
 """Which Twilio account signed a request, and whether the signature holds.
 
 Shared by the voice webhook, the status callback and the media websocket: each finds the
-imported number the request is about, and checks `X-Twilio-Signature` with that number's token.
+imported number the request is about, and checks `X-Twilio-Signature` with that number's own
+account's auth token only, never the operator's. A request about a number no tenant imported is
+checked with the operator's TWILIO_AUTH_TOKEN (not at all in dev mode). Every check happens
+before anything else is answered, and a failed one is answered the same way (`REFUSED`) whether
+or not the number exists: the endpoints tell an unsigned caller nothing about which numbers do.
 """
 
 from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
-from fastapi import Request
+from fastapi import Request, Response
 from starlette.datastructures import Headers
 
+from control.settings import Settings
 from control.state import AppState
 from media.twilio.signature import public_url, validate_signature
 from storage import PhoneNumberRecord
 
-__all__ = ["MAX_WEBHOOK_BYTES", "auth_token", "external_url", "read_form", "webhook_signed"]
+__all__ = [
+    "MAX_WEBHOOK_BYTES",
+    "external_url",
+    "read_form",
+    "refused",
+    "signing_token",
+    "unknown_numbers",
+    "webhook_signed",
+]
 
 MAX_WEBHOOK_BYTES = 64 * 1024
 
@@ -38,16 +51,33 @@ def external_url(state: AppState, headers: Headers, scheme: str, path: str, ws: 
     )
 
 
-async def auth_token(state: AppState, number: PhoneNumberRecord | None) -> str:
-    """The auth token Twilio signs this number's requests with ("" = don't check: dev mode).
+async def signing_token(state: AppState, number: PhoneNumberRecord | None) -> str | None:
+    """The auth token Twilio signs requests about `number` with.
 
-    A number imported with an API key and secret has no auth token of its own; the server's
-    TWILIO_AUTH_TOKEN (the operator's account) is the only one left to check with."""
-    if number is not None:
-        credentials = await state.stores.phone_numbers.credentials(number.tenant_id, number.id)
-        if credentials is not None and credentials.auth_token:
-            return credentials.auth_token
-    return state.settings.twilio_auth_token.get_secret_value()
+    A tenant's number: its own account's token, or None when it has none (a number imported
+    with an API key only, before tokens were required): nothing can vouch for its requests, so
+    none is accepted. No number: the operator's token ("" in dev mode: not checked)."""
+    if number is None:
+        return state.settings.twilio_auth_token.get_secret_value()
+    credentials = await state.stores.phone_numbers.credentials(number.tenant_id, number.id)
+    if credentials is None or not credentials.auth_token:
+        return None
+    return credentials.auth_token
+
+
+def unknown_numbers(settings: Settings) -> str:
+    """What a call to a number no tenant imported gets: "assistant-file" or "reject".
+
+    The operator's explicit setting, or by mode: the assistant file in dev mode (the quick
+    start), refused otherwise. Never a consequence of what tenants imported."""
+    if settings.unknown_numbers:
+        return settings.unknown_numbers
+    return "assistant-file" if settings.dev_mode else "reject"
+
+
+def refused() -> Response:
+    """The one answer to a request whose signature does not hold, number or no number."""
+    return Response("invalid signature", status_code=403, media_type="text/plain")
 
 
 async def read_form(request: Request) -> dict[str, str] | None:
@@ -61,7 +91,9 @@ async def read_form(request: Request) -> dict[str, str] | None:
 async def webhook_signed(
     state: AppState, request: Request, form: dict[str, str], number: PhoneNumberRecord | None
 ) -> bool:
-    token = await auth_token(state, number)
+    token = await signing_token(state, number)
+    if token is None:
+        return False
     if not token:
         return True
     url = external_url(state, request.headers, request.url.scheme, request.url.path, False)

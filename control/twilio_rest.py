@@ -16,6 +16,7 @@ connection errors, timeouts) and carries Twilio's `code` and `message` when Twil
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, cast
@@ -174,7 +175,14 @@ class TwilioRest:
             ) from exc
         except aiohttp.ClientError as exc:
             raise TwilioRestError(f"{what}: {type(exc).__name__}: {exc}", retryable=True) from exc
-        except (ValueError, KeyError, TypeError, TwilioException) as exc:
+        except TwilioException as exc:
+            page = _refused_page(what, exc)
+            if page is None:
+                raise TwilioRestError(
+                    f"{what}: unreadable response: {exc}", retryable=False
+                ) from exc
+            raise page from exc
+        except (ValueError, KeyError, TypeError) as exc:
             # A 2xx whose body is not the resource JSON: Twilio did something we do not know.
             raise TwilioRestError(f"{what}: unreadable response: {exc}", retryable=False) from exc
 
@@ -225,6 +233,18 @@ class TwilioRest:
             raise
         return True
 
+    async def find_number(self, phone_number: str) -> str | None:
+        """The PN sid of `phone_number` if this account has it (GET IncomingPhoneNumbers.json
+        ?PhoneNumber=…); None if it does not. Proves the credentials control the number."""
+        found = await self._call(
+            "find number",
+            lambda: self._api().incoming_phone_numbers.list_async(
+                phone_number=phone_number, limit=2
+            ),
+        )
+        matches = [n for n in found if getattr(n, "phone_number", None) == phone_number]
+        return str(matches[0].sid) if matches else None
+
     async def configure_number(
         self, phone_number: str, voice_url: str, status_callback: str | None = None
     ) -> str:
@@ -233,20 +253,13 @@ class TwilioRest:
         The number is looked up by E.164 in IncomingPhoneNumbers, then its VoiceUrl (and status
         callback) set, both POST.
         """
-        found = await self._call(
-            "find number",
-            lambda: self._api().incoming_phone_numbers.list_async(
-                phone_number=phone_number, limit=2
-            ),
-        )
-        matches = [n for n in found if getattr(n, "phone_number", None) == phone_number]
-        if not matches:
+        sid = await self.find_number(phone_number)
+        if sid is None:
             raise TwilioRestError(
                 f"the account {self.account_sid} has no number {phone_number}",
                 retryable=False,
                 status=404,
             )
-        sid = str(matches[0].sid)
         fields: dict[str, Any] = {"voice_url": voice_url, "voice_method": "POST"}
         if status_callback:
             fields |= {"status_callback": status_callback, "status_callback_method": "POST"}
@@ -255,6 +268,23 @@ class TwilioRest:
             lambda: self._api().incoming_phone_numbers(sid).update_async(**fields),
         )
         return sid
+
+
+def _refused_page(what: str, exc: TwilioException) -> TwilioRestError | None:
+    """A list page Twilio refused, which the SDK raises bare (`TwilioException("Unable to fetch
+    page", response)`), as the error `_rest_error` makes of any other refusal."""
+    response = exc.args[1] if len(exc.args) > 1 else None
+    status = getattr(response, "status_code", None)
+    if not isinstance(status, int) or status == 200:
+        return None
+    try:
+        body = json.loads(getattr(response, "text", "") or "{}")
+    except ValueError:
+        body = {}
+    body = body if isinstance(body, dict) else {}
+    message, code = body.get("message"), body.get("code")
+    code = code if isinstance(code, int) else None
+    return _rest_error(what, TwilioRestException(status, "", msg=str(message or ""), code=code))
 
 
 def _rest_error(what: str, exc: TwilioRestException) -> TwilioRestError:

@@ -1,34 +1,52 @@
-"""Twilio's two entry points: the voice webhook (TwiML) and the media websocket."""
+"""Twilio's two entry points: the voice webhook (TwiML) and the media websocket.
+
+The voice webhook checks the signature first (twilio_auth), mints the call's id (random), takes
+one of the tenant's concurrent-call slots (control/call_slots.py) and answers with a stream
+token that carries the id. The media stream uses the token once: a second stream with it is
+closed with 1008 and never becomes a call.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import secrets
 import time
-import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request, Response, WebSocket
 from pydantic import ValidationError
 
-from control.assistant_request import PendingAssistants, ask_for_assistant, call_id_for
+from control.assistant_request import PendingAssistants, ask_for_assistant
 from control.call_control import twilio_call_control
+from control.call_slots import BUSY_SAY, TENANT_LIMIT_REASON, CallSlots, holding_slot
 from control.outbound import OUTBOUND, OutboundStream, outbound_stream
-from control.providers import resolve_tools
+from control.providers import provider_keys, resolve_tools
 from control.state import AppState
 from control.stream_token import InvalidToken, issue_token, verify_token
-from control.twilio_auth import auth_token, external_url, read_form, webhook_signed
+from control.twilio_auth import (
+    external_url,
+    read_form,
+    refused,
+    signing_token,
+    unknown_numbers,
+    webhook_signed,
+)
 from control.webhooks import WebhookSender
 from media.transport import TransportClosed
+from media.twilio.messages import Start
 from media.twilio.signature import validate_signature
 from media.twilio.twiml import connect_stream, say_and_hangup
 from media.twilio.websocket import CLOSE_POLICY, TwilioWebSocket
+from storage import PhoneNumberRecord
 from voice.assistant import Assistant
 from voice.errors import ConfigError
 from voice.session import CallSession
 from voice.types import EndedReason
 
-__all__ = ["router"]
+__all__ = ["BUSY_SAY", "NO_ASSISTANT_SAY", "UNKNOWN_NUMBER_SAY", "new_call_id", "router"]
 
 log = logging.getLogger("ava.twilio")
 router = APIRouter()
@@ -37,6 +55,13 @@ MEDIA_PATH = "/twilio/media"
 START_TIMEOUT = 10.0
 UNKNOWN_NUMBER_SAY = "Sorry, this number is not in service. Goodbye."
 NO_ASSISTANT_SAY = "Sorry, no one can take this call right now. Goodbye."
+_MAX_NUMBER_CHARS = 64  # From/To as stored (a SIP From can be any length)
+# From/To as the stream token carries them: E.164 is 16 characters at most; a longer (SIP,
+# client) address is cut so the token stays within Twilio's parameter size.
+_MAX_CLAIMED_CHARS = 24
+# Twilio's CallSids are "CA" and 32 hex digits; this bound keeps the stream token (500 characters
+# at most in a <Parameter>) buildable whatever a signed webhook carries.
+_CALL_SID = re.compile(r"[A-Za-z0-9_-]{0,64}")
 
 
 def _twiml(xml: str) -> Response:
@@ -52,42 +77,102 @@ async def voice_webhook(request: Request) -> Response:
     form = await read_form(request)
     if form is None:
         return Response("webhook body too large", status_code=413)
-    settings = state.settings
     number = await state.stores.phone_numbers.route(form.get("To", ""))
-    # Until some tenant imports a number the server is single-tenant: every call gets the
-    # assistant file. After that, a number nobody imported is told so, not served.
-    if number is None and await state.stores.phone_numbers.any_imported():
-        log.info("call to %r, which no tenant imported", form.get("To", ""))
-        return _twiml(say_and_hangup(UNKNOWN_NUMBER_SAY))
+    # The signature before anything else, refused alike whether or not the number exists.
     if not await webhook_signed(state, request, form, number):
         log.warning("voice webhook with a bad X-Twilio-Signature rejected")
-        return Response("invalid signature", status_code=403)
+        return refused()
+    call_sid = form.get("CallSid", "")
+    if not _CALL_SID.fullmatch(call_sid):
+        # Signed, so from the number's own account: still a request we cannot answer.
+        return Response("CallSid must be at most 64 letters and digits", status_code=400)
+    # Random, never derived from the CallSid: another tenant's signed webhook may repeat it.
+    call_id = new_call_id()
     claims: dict[str, str] = {
-        "call_sid": form.get("CallSid", ""),
-        "assistant": "default",
-        "from": form.get("From", ""),
-        "to": form.get("To", ""),
+        "call_id": call_id,
+        "call_sid": call_sid,
+        "from": form.get("From", "")[:_MAX_CLAIMED_CHARS],
+        "to": form.get("To", "")[:_MAX_CLAIMED_CHARS],
     }
-    if number is not None and number.assistant_id is None:
-        if not number.server:
-            return _twiml(say_and_hangup(NO_ASSISTANT_SAY))
+    if number is None:
+        if unknown_numbers(state.settings) == "reject":
+            log.info("call to %r, which no tenant imported: refused", form.get("To", ""))
+            return _twiml(say_and_hangup(UNKNOWN_NUMBER_SAY))
+        return _stream_twiml(state, request, claims | {"assistant": "default"})
+    if number.assistant_id is None and not number.server:
+        return _twiml(say_and_hangup(NO_ASSISTANT_SAY))
+    slots: CallSlots = request.app.state.call_slots
+    if not await _take_slot(state, slots, number.tenant_id, call_id):
+        await _record_busy(state, number, form, call_id)
+        return _twiml(say_and_hangup(BUSY_SAY))
+    if number.assistant_id is None:
         # Vapi's assistant-request, while the caller hears ringing (control/assistant_request.py).
-        routed = await ask_for_assistant(state, number, form, _pending(request.app))
+        routed = await ask_for_assistant(state, number, form, _pending(request.app), call_id)
         if routed.twiml is not None:
+            await slots.release(number.tenant_id, call_id)
             return _twiml(routed.twiml)
         assert routed.claims is not None
         claims |= routed.claims
-    elif number is not None:
+    else:
         claims |= {
             "tenant_id": number.tenant_id,
-            "assistant_id": number.assistant_id or "",
+            "assistant_id": number.assistant_id,
             "phone_number_id": number.id,
         }
+    return _stream_twiml(state, request, claims)
+
+
+def new_call_id() -> str:
+    # 96 random bits: unguessable, and short enough for the stream token (control/stream_token).
+    return f"call_{secrets.token_hex(12)}"
+
+
+def _stream_twiml(state: AppState, request: Request, claims: dict[str, str]) -> Response:
+    """`<Connect><Stream>` with a token for this call; the token is good for one stream."""
+    settings = state.settings
     token = issue_token(
         settings.signing_key(), claims, now=time.time(), ttl=settings.stream_token_ttl_seconds
     )
     stream_url = external_url(state, request.headers, request.url.scheme, MEDIA_PATH, True)
     return _twiml(connect_stream(stream_url, {"ava_token": token}))
+
+
+async def _take_slot(state: AppState, slots: CallSlots, tenant_id: str, call_id: str) -> bool:
+    """Reserve one of the tenant's concurrent calls for `call_id` until its stream starts (the
+    assistant-request wait, then the stream token's life); False when they are all in use."""
+    settings = state.settings
+    limit = await state.stores.tenants.max_calls(tenant_id)
+    if limit is None:
+        limit = settings.tenant_max_calls
+    ttl = settings.stream_token_ttl_seconds + settings.assistant_request_timeout_seconds
+    return await slots.acquire(tenant_id, call_id, limit, ttl)
+
+
+async def _record_busy(
+    state: AppState, number: PhoneNumberRecord, form: dict[str, str], call_id: str
+) -> None:
+    """A call refused for the tenant's limit still leaves a record the tenant sees (GET /call)."""
+    log.warning(
+        "call %s to %s refused: tenant %s is at its call limit",
+        call_id,
+        number.number,
+        number.tenant_id,
+    )
+    calls = state.stores.calls
+    await calls.create_call(
+        number.tenant_id,
+        type="inboundPhoneCall",
+        call_id=call_id,
+        status="ringing",
+        assistant_id=number.assistant_id,
+        phone_number_id=number.id,
+        twilio_call_sid=form.get("CallSid") or None,
+        from_number=form.get("From", "")[:_MAX_NUMBER_CHARS] or None,
+        to_number=number.number,
+    )
+    await calls.finish_call(
+        call_id, TENANT_LIMIT_REASON, "all of the tenant's concurrent calls are in use"
+    )
 
 
 def _pending(app: Any) -> PendingAssistants:
@@ -100,15 +185,16 @@ def _pending(app: Any) -> PendingAssistants:
 
 
 async def _tenant_assistant(
-    state: AppState, claims: dict[str, object], pending: PendingAssistants
+    state: AppState, claims: dict[str, object], call_id: str, pending: PendingAssistants
 ) -> Assistant | str:
     """The assistant a tenant's number answers with, or why there is none."""
+    tenant_id = str(claims["tenant_id"])
     if claims.get("pending"):
-        transient = pending.take(str(claims.get("call_sid", "")))
+        transient = pending.take(tenant_id, call_id)
         if transient is None:
             return "the assistant-request's transient assistant is not held by this process"
         return transient
-    tenant_id, assistant_id = str(claims["tenant_id"]), str(claims.get("assistant_id", ""))
+    assistant_id = str(claims.get("assistant_id", ""))
     record = await state.stores.assistants.get(tenant_id, assistant_id)
     if record is None:
         return f"assistant {assistant_id} no longer exists"
@@ -130,19 +216,47 @@ async def _number_server(state: AppState, metadata: dict[str, str]) -> dict[str,
 async def _stream_signed(
     state: AppState, websocket: WebSocket, claims: dict[str, object], presigned: bool
 ) -> bool:
-    """Whether the upgrade request carried a signature valid for the call's number."""
-    if "phone_number_id" not in claims:
+    """Whether the upgrade request carried a signature valid for the call's number: its own
+    account's token only; a call without a number, the operator's (`presigned`)."""
+    if not claims.get("phone_number_id"):
         return presigned or state.settings.dev_mode
     number = await state.stores.phone_numbers.get(
-        str(claims["tenant_id"]), str(claims["phone_number_id"])
+        str(claims.get("tenant_id", "")), str(claims["phone_number_id"])
     )
-    if number is None:
+    token = None if number is None else await signing_token(state, number)
+    if token is None:  # a deleted number, or one without an auth token: nothing vouches
         return False
-    token = await auth_token(state, number)
     if not token:
         return True
     url = external_url(state, websocket.headers, websocket.url.scheme, MEDIA_PATH, True)
     return validate_signature(token, url, {}, websocket.headers.get("x-twilio-signature", ""))
+
+
+async def _claimed_call(
+    state: AppState, websocket: WebSocket, start: Start, presigned: bool
+) -> tuple[str, dict[str, Any], OutboundStream | None]:
+    """The call a stream's token is for: its id, the token's claims, and for a call placed by
+    POST /call its record. Raises InvalidToken, also for a token already used once."""
+    claims = verify_token(
+        state.settings.signing_key(), start.custom_parameters.get("ava_token", ""), now=time.time()
+    )
+    call_id = str(claims.get("call_id", ""))
+    if not call_id:
+        raise InvalidToken("stream token names no call")
+    outbound: OutboundStream | None = None
+    if claims.get("type") == OUTBOUND:
+        # A call placed by POST /call: its record exists already and names the CallSid.
+        outbound = await outbound_stream(state, claims, start.call_sid)
+    elif claims.get("call_sid") != start.call_sid:
+        raise InvalidToken("stream token was issued for another call")
+    if not await _stream_signed(state, websocket, claims, presigned):
+        raise InvalidToken("bad X-Twilio-Signature on the media stream")
+    # Last, so only a stream that passed every other check uses the token up. The call id is
+    # random per token, so it serves as the token's id.
+    expires = datetime.fromtimestamp(float(claims["exp"]), UTC)
+    if not await state.stores.calls.use_stream_token(call_id, expires):
+        raise InvalidToken("stream token already used")
+    return call_id, claims, outbound
 
 
 @router.websocket(MEDIA_PATH)
@@ -163,39 +277,31 @@ async def media_stream(websocket: WebSocket) -> None:
             await websocket.close(CLOSE_POLICY)
             return
     await websocket.accept()
-    transport = TwilioWebSocket(websocket)
-    call_id = f"call_{uuid.uuid4().hex}"
+    # Audio faster than real time past this burst closes the stream (media.rate_guard).
+    transport = TwilioWebSocket(websocket, burst_seconds=settings.media_burst_seconds)
+    # A stream that never becomes a call is recorded under an id of its own: never under the
+    # id its token names, which may be a live call's (a replayed token).
+    rejected_id = new_call_id()
     try:
         async with asyncio.timeout(START_TIMEOUT):
             start = await transport.wait_started()
     except TransportClosed as exc:
         state.calls.reject(
-            call_id,
+            rejected_id,
             EndedReason.MALFORMED_STREAM if exc.malformed else EndedReason.CUSTOMER_ENDED_CALL,
             exc.detail,
         )
         return
     except TimeoutError:
-        state.calls.reject(call_id, EndedReason.MALFORMED_STREAM, "no start message")
+        state.calls.reject(rejected_id, EndedReason.MALFORMED_STREAM, "no start message")
         await transport.close("no start message (policy)")
         return
     ids = {"call_sid": start.call_sid, "stream_sid": start.stream_sid}
-    outbound: OutboundStream | None = None
     try:
-        claims = verify_token(
-            settings.signing_key(), start.custom_parameters.get("ava_token", ""), now=time.time()
-        )
-        if claims.get("type") == OUTBOUND:
-            # A call placed by POST /call: its record exists already and names the CallSid.
-            outbound = await outbound_stream(state, claims, start.call_sid)
-            call_id = outbound.call_id
-        elif claims.get("call_sid") != start.call_sid:
-            raise InvalidToken("stream token was issued for another call")
-        if not await _stream_signed(state, websocket, claims, presigned):
-            raise InvalidToken("bad X-Twilio-Signature on the media stream")
+        call_id, claims, outbound = await _claimed_call(state, websocket, start, presigned)
     except InvalidToken as exc:
         log.warning("media stream %s rejected: %s", start.stream_sid, exc)
-        state.calls.reject(call_id, EndedReason.MALFORMED_STREAM, str(exc), **ids)
+        state.calls.reject(rejected_id, EndedReason.MALFORMED_STREAM, str(exc), **ids)
         await websocket.close(CLOSE_POLICY, str(exc))
         return
     metadata = {**ids, "from": str(claims.get("from", "")), "to": str(claims.get("to", ""))}
@@ -204,28 +310,29 @@ async def media_stream(websocket: WebSocket) -> None:
         assistant = outbound.assistant
         metadata |= outbound.metadata
     elif "tenant_id" in claims:
-        assistant = await _tenant_assistant(state, claims, _pending(websocket.app))
-        if claims.get("ar"):  # an assistant-request call keeps the id its server was told
-            call_id = call_id_for(start.call_sid)
+        assistant = await _tenant_assistant(state, claims, call_id, _pending(websocket.app))
         metadata |= {
             "tenant_id": str(claims["tenant_id"]),
-            "assistant_id": str(claims["assistant_id"]),
+            "assistant_id": str(claims.get("assistant_id", "")),
             "phone_number_id": str(claims["phone_number_id"]),
             "type": "inboundPhoneCall",
         }
     else:
         assistant = state.assistant_for(str(claims.get("assistant", "default")))
+    slots: CallSlots = websocket.app.state.call_slots
+    tenant_id = metadata.get("tenant_id", "")
     try:
         if isinstance(assistant, str):
             raise ConfigError(assistant)
-        assistant = await resolve_tools(
-            assistant, metadata.get("tenant_id") or None, state.stores.tools
-        )
-        engines = state.engines.for_assistant(assistant)
+        assistant = await resolve_tools(assistant, tenant_id or None, state.stores.tools)
+        keys = await provider_keys(state.stores, settings, tenant_id or None)
+        engines = state.engines.for_assistant(assistant, keys)
     except ConfigError as exc:
         state.calls.reject(call_id, EndedReason.SERVER_ERROR, str(exc), **ids)
         if outbound is not None:  # its record was written by POST /call; close it too
             await state.stores.calls.finish_call(call_id, EndedReason.SERVER_ERROR, str(exc))
+        if tenant_id:
+            await slots.release(tenant_id, call_id)  # the voice webhook's reservation
         await transport.close(EndedReason.SERVER_ERROR.value)
         return
     # The session's paced sends, timed for /metrics' frame lateness (control/metrics.py).
@@ -243,4 +350,10 @@ async def media_stream(websocket: WebSocket) -> None:
     webhooks: WebhookSender | None = getattr(websocket.app.state, "webhooks", None)
     if webhooks is not None:
         webhooks.register(call_id, assistant, await _number_server(state, metadata))
-    await state.calls.run(session)
+    if not tenant_id:
+        await state.calls.run(session)
+        return
+    # The tenant's slot (reserved by the voice webhook; taken here for a call we placed) is
+    # held and renewed while the call runs, and freed when it ends.
+    async with holding_slot(slots, tenant_id, call_id):
+        await state.calls.run(session)

@@ -11,7 +11,7 @@ import logging
 from fastapi import APIRouter, Request, Response
 
 from control.state import AppState
-from control.twilio_auth import read_form, webhook_signed
+from control.twilio_auth import read_form, refused, unknown_numbers, webhook_signed
 from storage import CallRecord
 
 __all__ = ["STATUS_PATH", "router"]
@@ -44,11 +44,12 @@ async def status_callback(request: Request) -> Response:
     if form.get("Direction", "").startswith("outbound"):
         ours, theirs = theirs, ours
     number = await numbers.route(ours) or await numbers.route(theirs)
-    if number is None and await numbers.any_imported():
-        return Response("unknown number", status_code=404)
+    # Signature first: an unsigned callback is refused alike for any number (twilio_auth).
     if not await webhook_signed(state, request, form, number):
         log.warning("status callback with a bad X-Twilio-Signature rejected")
-        return Response("invalid signature", status_code=403)
+        return refused()
+    if number is None and unknown_numbers(state.settings) == "reject":
+        return Response("unknown number", status_code=404)
     tenant_id = number.tenant_id if number is not None else None
     call = await state.stores.calls.find_by_twilio_sid(tenant_id, form.get("CallSid", ""))
     if call is None:
@@ -57,6 +58,9 @@ async def status_callback(request: Request) -> Response:
     try:
         sequence: int | None = int(form["SequenceNumber"])
     except (KeyError, ValueError):
+        sequence = None
+    if sequence is not None and not 0 <= sequence < 2**31:
+        # The column is a 32-bit INTEGER; Twilio counts a call's callbacks from 0.
         sequence = None
     data = {key[0].lower() + key[1:]: form[key] for key in _FIELDS if key in form}
     if await state.stores.calls.add_event(call.id, "twilio-status", data, sequence=sequence):

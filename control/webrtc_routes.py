@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from control.deps import StateDep, TenantDep, current_tenant
 from control.errors import ApiError, not_found
 from control.metrics import Metrics
-from control.providers import resolve_tools
+from control.providers import provider_keys, resolve_tools
 from control.settings import Settings
 from control.sinks import FanOut
 from control.state import AppState
@@ -307,7 +307,8 @@ async def offer(body: OfferBody, request: Request, state: StateDep) -> dict[str,
         raise ApiError(503, "the server is at its call limit (AVA_MAX_CALLS)")
     try:
         assistant = await resolve_tools(caller.assistant, caller.tenant_id, state.stores.tools)
-        engines = state.engines.for_assistant(assistant)
+        keys = await provider_keys(state.stores, state.settings, caller.tenant_id)
+        engines = state.engines.for_assistant(assistant, keys)
     except ConfigError as exc:
         raise ApiError(422, f"the assistant cannot take calls: {exc}") from exc
     if not calls.reserve(caller.slot):

@@ -16,9 +16,12 @@ from storage.calls import (
     CallType,
     to_vapi,
 )
+from storage.credentials import CredentialRecord, CredentialStore, ProviderCredential
 from storage.crypto import SecretBox, derive_key
+from storage.deliveries import DeliveryPage, DeliveryRecord, DeliveryStatus, DeliveryStore
 from storage.engine import default_sqlite_url, display_url, make_engine, make_sessionmaker
 from storage.errors import Conflict, DecryptionFailed, NotFound, NotMigrated, StorageError
+from storage.keys import SecretKeyError, SecretKeyMismatch, SecretKeyMissing, ServerKey
 from storage.migrate import current_revision, ensure_migrated, head_revision, upgrade
 from storage.recorder import CallRecorder
 from storage.resources import (
@@ -52,13 +55,24 @@ __all__ = [
     "CallWrites",
     "Conflict",
     "CreatedApiKey",
+    "CredentialRecord",
+    "CredentialStore",
     "DecryptionFailed",
+    "DeliveryPage",
+    "DeliveryRecord",
+    "DeliveryStatus",
+    "DeliveryStore",
     "KeyIdentity",
     "NotFound",
     "NotMigrated",
     "PhoneNumberRecord",
     "PhoneNumberStore",
+    "ProviderCredential",
     "SecretBox",
+    "SecretKeyError",
+    "SecretKeyMismatch",
+    "SecretKeyMissing",
+    "ServerKey",
     "StorageError",
     "Tenant",
     "TenantStore",

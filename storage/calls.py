@@ -2,14 +2,14 @@
 
 Reads are scoped by tenant: every read method takes `tenant_id` first and filters on it, where
 `None` means the dev scope (calls made without a tenant, e.g. `ava serve` with an assistant file),
-never "any tenant". Writes during a call are keyed by the call id alone: the id is minted by this
-server for a call it owns, and the API never hands a caller-supplied id to a write path.
+never "any tenant". Writes during a call are keyed by the call id: the id is random, minted by
+this server for a call it owns (never derived from a CallSid or anything else a caller sends),
+the API never hands a caller-supplied id to a write path, and `CallWrites.start_call` refuses a
+row of another tenant.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -18,8 +18,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from storage.cursors import decode_cursor, encode_cursor
 from storage.tables import (
     CALL_STATUSES,
     CALL_TYPES,
@@ -29,6 +31,7 @@ from storage.tables import (
     CallStatus,
     CallTurnRow,
     CallType,
+    StreamTokenUsedRow,
     utcnow,
 )
 from storage.vapi import to_vapi
@@ -223,7 +226,7 @@ class CallStore:
         if created_before is not None:
             query = query.where(CallRow.created_at < created_before)
         if cursor is not None:
-            at, last_id = _decode_cursor(cursor)
+            at, last_id = decode_cursor(cursor)
             query = query.where(
                 or_(CallRow.created_at < at, and_(CallRow.created_at == at, CallRow.id < last_id))
             )
@@ -284,6 +287,23 @@ class CallStore:
             for child in (CallMessageRow, CallTurnRow, CallEventRow):
                 await session.execute(delete(child).where(child.call_id == call_id))
             await session.execute(delete(CallRow).where(CallRow.id == call_id))
+        return True
+
+    async def use_stream_token(self, token_id: str, expires_at: datetime) -> bool:
+        """Mark a media-stream token used; False if it already was (a replay).
+
+        In the database rather than in memory or Redis: every process serving calls shares it,
+        whether or not Redis is configured, and the primary key makes the check-and-set atomic.
+        Rows are kept only until their token expires (an expired token is refused anyway)."""
+        now = utcnow()
+        try:
+            async with self._sessions() as session, session.begin():
+                await session.execute(
+                    delete(StreamTokenUsedRow).where(StreamTokenUsedRow.expires_at < now)
+                )
+                session.add(StreamTokenUsedRow(token_id=token_id, expires_at=expires_at))
+        except IntegrityError:
+            return False
         return True
 
     # --- the call loop's writes (one transaction each; the recorder batches via batch()) --------
@@ -441,17 +461,4 @@ async def _with_details(session: AsyncSession, rows: Sequence[CallRow]) -> list[
 
 
 def _encode_cursor(row: CallRow) -> str:
-    raw = json.dumps([row.created_at.isoformat(), row.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at, last_id = json.loads(raw)
-        parsed = datetime.fromisoformat(at)
-    except (ValueError, TypeError) as exc:
-        raise ValueError("invalid cursor") from exc
-    if parsed.tzinfo is None or not isinstance(last_id, str):
-        raise ValueError("invalid cursor")
-    return parsed, last_id
+    return encode_cursor(row.created_at, row.id)

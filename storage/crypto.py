@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from storage.errors import DecryptionFailed
 
 __all__ = [
+    "MASKED",
+    "MAX_WALK_DEPTH",
     "SEALED",
     "SecretBox",
     "derive_key",
@@ -30,6 +32,12 @@ __all__ = [
 # A secret inside stored JSON config becomes `{"$sealed": "<Fernet token>"}`: an object, so
 # no plain string a tenant might choose as a secret can be mistaken for an encrypted one.
 SEALED = "$sealed"
+# What API responses show for each `server.headers` value: the names stay visible, the values
+# (often credentials) never leave the server.
+MASKED = "***"
+# The walks below recurse; configs deeper than this are refused rather than walked. The API
+# admits 32 levels (voice.json_bounds), so only a row stored before that bound can reach it.
+MAX_WALK_DEPTH = 64
 
 
 def derive_subkey(secret_key: str, purpose: str, length: int = 32) -> bytes:
@@ -92,42 +100,72 @@ def _is_secret(key: str, in_server: bool) -> bool:
     return key == "serverUrlSecret" or (in_server and key == "secret")
 
 
-def seal_secrets(value: Any, box: SecretBox, *, in_server: bool = False) -> Any:
+def _deeper(depth: int) -> int:
+    """The next level of a walk below; a ValueError past `MAX_WALK_DEPTH` instead of a
+    RecursionError (and a 500 on every later read of the row, issue 9 finding 7)."""
+    if depth >= MAX_WALK_DEPTH:
+        raise ValueError(f"JSON config nested deeper than {MAX_WALK_DEPTH} levels")
+    return depth + 1
+
+
+def seal_secrets(value: Any, box: SecretBox, *, in_server: bool = False, _depth: int = 0) -> Any:
     """A copy of the JSON `value` with every provider secret encrypted (already-sealed ones
     and non-string values are left as they are)."""
     if isinstance(value, list):
-        return [seal_secrets(v, box) for v in value]
+        return [seal_secrets(v, box, _depth=_deeper(_depth)) for v in value]
     if not isinstance(value, dict):
         return value
     out: dict[str, Any] = {}
     for key, item in value.items():
         if _is_secret(key, in_server) and isinstance(item, str):
             out[key] = {SEALED: box.encrypt(item)}
+        elif in_server and key == "headers" and isinstance(item, dict):
+            out[key] = _sealed_headers(item, box)
         else:
-            out[key] = seal_secrets(item, box, in_server=key == "server")
+            out[key] = seal_secrets(item, box, in_server=key == "server", _depth=_deeper(_depth))
     return out
 
 
-def open_secrets(value: Any, box: SecretBox) -> Any:
+def _sealed_headers(headers: dict[str, Any], box: SecretBox) -> dict[str, Any]:
+    # `server.headers` values are credentials as often as not (Authorization, X-Api-Key): each
+    # is sealed like a secret. MASKED is what an API response shows instead of a value; a client
+    # echoing it back means "keep the stored value" (storage/resources.py does that for the same
+    # URL), so where nothing was kept the placeholder is dropped, never stored as a credential.
+    out: dict[str, Any] = {}
+    for name, value in headers.items():
+        if value == MASKED:
+            continue
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            out[name] = {SEALED: box.encrypt(str(value))}
+        else:  # already sealed, or no usable header value (refused when a call uses it)
+            out[name] = value
+    return out
+
+
+def open_secrets(value: Any, box: SecretBox, *, _depth: int = 0) -> Any:
     """The inverse of `seal_secrets`. Raises DecryptionFailed on a wrong key or tampering."""
     if isinstance(value, list):
-        return [open_secrets(v, box) for v in value]
+        return [open_secrets(v, box, _depth=_deeper(_depth)) for v in value]
     if not isinstance(value, dict):
         return value
     token = value.get(SEALED)
     if len(value) == 1 and isinstance(token, str):
         return box.decrypt(token)
-    return {key: open_secrets(item, box) for key, item in value.items()}
+    return {key: open_secrets(item, box, _depth=_deeper(_depth)) for key, item in value.items()}
 
 
-def without_secrets(value: Any, *, in_server: bool = False) -> Any:
+def without_secrets(value: Any, *, in_server: bool = False, _depth: int = 0) -> Any:
     """A copy of the JSON `value` with the provider secrets left out (for API responses)."""
     if isinstance(value, list):
-        return [without_secrets(v) for v in value]
+        return [without_secrets(v, _depth=_deeper(_depth)) for v in value]
     if not isinstance(value, dict):
         return value
     return {
-        key: without_secrets(item, in_server=key == "server")
+        key: (
+            dict.fromkeys(item, MASKED)
+            if in_server and key == "headers" and isinstance(item, dict)
+            else without_secrets(item, in_server=key == "server", _depth=_deeper(_depth))
+        )
         for key, item in value.items()
         if not _is_secret(key, in_server)
     }

@@ -7,6 +7,7 @@ given the async driver, so operators can paste the URL their hosting provider sh
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,8 @@ def _sqlite_engine(url: URL, busy_timeout_ms: int, echo: bool) -> AsyncEngine:
     if in_memory:
         # One shared connection, or every checkout would see its own empty database.
         options["poolclass"] = StaticPool
+    elif url.database and not url.database.startswith("file:"):
+        _create_private(Path(url.database))
     engine = create_async_engine(url, **options)
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -114,6 +117,16 @@ def _sqlite_engine(url: URL, busy_timeout_ms: int, echo: bool) -> AsyncEngine:
             cursor.close()
 
     return engine
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 (an empty file is an empty SQLite database): it holds
+    call transcripts and API key hashes, and SQLite gives its -wal and -shm files the database
+    file's permissions. An existing file is left as the operator has it."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except (FileExistsError, FileNotFoundError):  # exists; or no directory: SQLite says so
+        pass
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

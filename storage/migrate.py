@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.engine import display_url, make_engine
 from storage.errors import NotMigrated
+from storage.keys import ServerKey, check_key_sync
 
 __all__ = [
     "alembic_config",
@@ -52,15 +53,30 @@ def head_revision() -> str:
     return head
 
 
-async def upgrade(url: str, revision: str = "head", *, secret_key: str | None = None) -> None:
+async def upgrade(
+    url: str,
+    revision: str = "head",
+    *,
+    secret_key: str | None = None,
+    key_source: str = "AVA_SECRET_KEY",
+) -> None:
     """Migrate the database at `url` up to `revision` (the newest by default). `secret_key`
-    (the server's) encrypts secrets older versions stored in plain text (revision 0002)."""
-    await _run(url, lambda config: command.upgrade(config, revision), secret_key)
+    (the server's) encrypts secrets older versions stored in plain text (revisions 0002 and
+    0006) and is checked against, or recorded as, the key the database was set up with: a
+    different one raises SecretKeyMismatch before anything changes. `key_source` says where
+    the key came from, for that message."""
+    await _run(url, lambda config: command.upgrade(config, revision), secret_key, key_source)
 
 
-async def downgrade(url: str, revision: str, *, secret_key: str | None = None) -> None:
+async def downgrade(
+    url: str,
+    revision: str,
+    *,
+    secret_key: str | None = None,
+    key_source: str = "AVA_SECRET_KEY",
+) -> None:
     """Migrate down to `revision` ("base" drops everything AVA created)."""
-    await _run(url, lambda config: command.downgrade(config, revision), secret_key)
+    await _run(url, lambda config: command.downgrade(config, revision), secret_key, key_source)
 
 
 async def current_revision(url: str) -> str | None:
@@ -99,17 +115,25 @@ async def _current(engine: AsyncEngine) -> str | None:
         return await connection.run_sync(read)
 
 
-async def _run(url: str, action: _Action, secret_key: str | None = None) -> None:
+async def _run(
+    url: str, action: _Action, secret_key: str | None, key_source: str = "AVA_SECRET_KEY"
+) -> None:
     engine = make_engine(url)
+    key = ServerKey(secret_key, key_source) if secret_key else None
     try:
         async with engine.begin() as connection:
 
             def run(sync_connection: Connection) -> None:
                 config = alembic_config(url)
                 config.attributes["connection"] = sync_connection
-                if secret_key:
-                    config.attributes["secret_key"] = secret_key
+                if key is not None:
+                    # A database that knows its key refuses another before any migration runs.
+                    check_key_sync(sync_connection, key)
+                    config.attributes["secret_key"] = key.value
+                    config.attributes["key_source"] = key.source
                 action(config)
+                if key is not None:
+                    check_key_sync(sync_connection, key)  # recorded, if the schema has room now
 
             await connection.run_sync(run)
     finally:

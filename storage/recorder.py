@@ -63,6 +63,9 @@ class CallRecorder:
         self._retry_delay = retry_delay
         self._starts: OrderedDict[str, datetime] = OrderedDict()  # call id → wall-clock start
         self._overflow_logged: set[str] = set()
+        # Calls whose start was refused (the id is another tenant's call): their events are not
+        # written anywhere, least of all into that call.
+        self._refused: set[str] = set()
         self._enqueued = 0
         self._processed = 0
         self._flushes: list[tuple[int, asyncio.Future[None]]] = []
@@ -184,10 +187,12 @@ class CallRecorder:
 
     async def _apply(self, w: CallWrites, event: CallEvent, starts: dict[str, datetime]) -> None:
         call_id = event.call_id
+        if call_id in self._refused:
+            return
         if isinstance(event, CallStarted):
             start = datetime.fromtimestamp(event.wall - event.at, UTC)
             meta = event.metadata  # what the media layer knew: ids, numbers ("" = unknown)
-            await w.start_call(
+            started = await w.start_call(
                 call_id,
                 started_at=start,
                 type=_call_type(event),
@@ -201,6 +206,12 @@ class CallRecorder:
                 from_number=meta.get("from") or None,
                 to_number=meta.get("to") or None,
             )
+            if not started:
+                log.error("call %s: its id is another tenant's call; not recorded", call_id)
+                if len(self._refused) >= _MAX_TRACKED_CALLS:
+                    self._refused.clear()
+                self._refused.add(call_id)
+                return
             starts[call_id] = start
             return
         start = await self._start(w, event, starts)

@@ -27,11 +27,11 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.crypto import SecretBox, open_secrets, seal_secrets, without_secrets
+from storage.crypto import MASKED, SecretBox, open_secrets, seal_secrets, without_secrets
 from storage.errors import Conflict, NotFound
 from storage.tables import AssistantRow, PhoneNumberRow, ToolRow, utcnow
 from storage.vapi import iso
-from voice.assistant import Assistant
+from voice.assistant import Assistant, check_tool
 
 __all__ = [
     "UNSET",
@@ -357,11 +357,6 @@ class PhoneNumberStore(_Scoped):
             )
         return None if row is None else self._record(row)
 
-    async def any_imported(self) -> bool:
-        """Whether any tenant has imported any number (else the server runs single-tenant)."""
-        async with self._sessions() as session:
-            return await session.scalar(select(PhoneNumberRow.id).limit(1)) is not None
-
     def _seal_server(self, server: dict[str, Any]) -> dict[str, Any]:
         sealed: dict[str, Any] = seal_secrets(server, self._box, in_server=True)
         return sealed
@@ -414,23 +409,35 @@ def _name(config: Mapping[str, Any]) -> str:
 
 
 def _tool_json(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The tool to store; ValueError naming the field when it is not one (bounds and server
+    checked before anything is written, so a refused tool leaves no row)."""
     data = _owned_fields_dropped(config)
     if not isinstance(data.get("type"), str) or not data["type"]:
-        raise ValueError('a tool needs a string `type` (e.g. "function")')
+        raise ValueError('type: a tool needs a string `type` (e.g. "function")')
+    check_tool(data)
     return data
 
 
 def _kept_secret(current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     """`changes`, with the stored `server.secret` carried into a new `server` object that
-    omits `secret` but keeps the same URL (a GET echoed back never shows the secret)."""
+    omits `secret` but keeps the same URL (a GET echoed back never shows the secret), and
+    likewise the stored value of each header sent back masked."""
     out = dict(changes)
     old, new = current.get("server"), changes.get("server")
-    if (
-        isinstance(old, Mapping)
-        and isinstance(new, Mapping)
-        and "secret" not in new
-        and isinstance(old.get("secret"), str)
-        and new.get("url") == old.get("url")
+    if not (
+        isinstance(old, Mapping) and isinstance(new, Mapping) and new.get("url") == old.get("url")
     ):
-        out["server"] = {**new, "secret": old["secret"]}
+        return out
+    kept = dict(new)
+    if "secret" not in new and isinstance(old.get("secret"), str):
+        kept["secret"] = old["secret"]
+    # Header values come back masked (MASKED) from a GET: a masked one keeps the stored value.
+    # For another URL nothing is kept, and seal_secrets drops the placeholder.
+    old_headers, new_headers = old.get("headers"), new.get("headers")
+    if isinstance(old_headers, Mapping) and isinstance(new_headers, Mapping):
+        kept["headers"] = {
+            name: old_headers[name] if value == MASKED and name in old_headers else value
+            for name, value in new_headers.items()
+        }
+    out["server"] = kept
     return out

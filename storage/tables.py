@@ -43,11 +43,15 @@ __all__ = [
     "CallStatus",
     "CallType",
     "CallTurnRow",
+    "CredentialRow",
     "JsonType",
     "PhoneNumberRow",
+    "ServerMetaRow",
+    "StreamTokenUsedRow",
     "TenantRow",
     "ToolRow",
     "UtcDateTime",
+    "WebhookDeliveryRow",
     "utcnow",
 ]
 
@@ -134,6 +138,8 @@ class TenantRow(Base):
     id: Mapped[str] = mapped_column(String(_ID), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = _created()
+    # Concurrent calls this tenant may have; None: the operator's default (tenant_max_calls).
+    max_calls: Mapped[int | None] = mapped_column(Integer)
 
 
 class ApiKeyRow(Base):
@@ -288,3 +294,77 @@ class CallEventRow(Base):
     )  # "provider-failed" | "barge-in" | "twilio-status"
     sequence: Mapped[int | None] = mapped_column(Integer)
     data: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+
+
+class CredentialRow(Base):
+    """A tenant's provider credential (Vapi's /credential): everything but its provider and name
+    is one sealed JSON object, so no column ever holds a key in clear."""
+
+    __tablename__ = "credentials"
+    __table_args__ = (
+        Index("ix_credentials_tenant_provider", "tenant_id", "provider", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(_ID), primary_key=True)
+    tenant_id: Mapped[str] = _tenant_fk()
+    provider: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(String(200))
+    secret_encrypted: Mapped[str] = mapped_column(Text)  # Fernet token of {"apiKey": …, …}
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+
+class WebhookDeliveryRow(Base):
+    """One server message to deliver (the outbox) and its delivery log (storage/deliveries.py).
+
+    The destination's whole `server` object (secret, headers) is one sealed token in `target`;
+    `url` is kept in clear for listing. `lease_*` say which process holds a pending row."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_call", "call_id", "seq"),
+        CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(_ID), primary_key=True)
+    tenant_id: Mapped[str | None] = _tenant_fk(nullable=True)  # None: single-tenant calls
+    # No foreign key: messages are written before (and may outlive) the call's record.
+    call_id: Mapped[str] = mapped_column(String(_CALL_ID))
+    seq: Mapped[int] = mapped_column(BigInteger)  # a call's messages, in the order they happened
+    type: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    target: Mapped[str] = mapped_column(Text)  # Fernet token of the `server` object
+    body: Mapped[str] = mapped_column(Text)  # the exact JSON sent (and signed)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    last_error_kind: Mapped[str | None] = mapped_column(String(64))
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None]
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+    delivered_at: Mapped[datetime | None]
+
+
+class StreamTokenUsedRow(Base):
+    """A media-stream token already used (its id is the call id it carries), kept until it
+    expires: a token is good for one stream, across every process sharing the database."""
+
+    __tablename__ = "stream_tokens_used"
+    __table_args__ = (Index("ix_stream_tokens_used_expires_at", "expires_at"),)
+
+    token_id: Mapped[str] = mapped_column(String(_CALL_ID), primary_key=True)
+    expires_at: Mapped[datetime]
+
+
+class ServerMetaRow(Base):
+    """Facts about the database itself, by name: `key_fingerprint` identifies the server key it
+    was set up with (storage/keys.py), so a process with another key is refused."""
+
+    __tablename__ = "server_meta"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))

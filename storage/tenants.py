@@ -97,6 +97,25 @@ class TenantStore:
             row = await session.get(TenantRow, tenant_id)
         return None if row is None else Tenant(row.id, row.name, row.created_at)
 
+    async def max_calls(self, tenant_id: str) -> int | None:
+        """The tenant's own limit of concurrent calls; None: the operator's default applies."""
+        async with self._sessions() as session:
+            limit: int | None = await session.scalar(
+                select(TenantRow.max_calls).where(TenantRow.id == tenant_id)
+            )
+        return limit
+
+    async def set_max_calls(self, tenant_id: str, limit: int | None) -> None:
+        """Set (None: clear) the tenant's limit of concurrent calls. Raises NotFound."""
+        if limit is not None and limit < 0:
+            raise ValueError(f"a call limit is 0 or more, not {limit}")
+        async with self._sessions() as session, session.begin():
+            result = await session.execute(
+                update(TenantRow).where(TenantRow.id == tenant_id).values(max_calls=limit)
+            )
+        if not getattr(result, "rowcount", 0):
+            raise NotFound(f"tenant {tenant_id} not found")
+
     async def list_tenants(self) -> list[Tenant]:
         """Every tenant: for the operator's CLI, not for the tenant API."""
         async with self._sessions() as session:

@@ -1,8 +1,9 @@
 """The call loop's writes to a call record, inside one transaction.
 
 `CallStore.batch()` hands out a `CallWrites`; the recorder uses one per batch of events, the
-control plane one per Twilio status callback. Writes are keyed by call id alone: the id was
-minted by this server for a call it owns (see storage.calls for the tenant-scoped reads).
+control plane one per Twilio status callback. Writes are keyed by call id: the id is random,
+minted by this server for a call it owns and never derived from what a caller sends, and
+`start_call` refuses a row of another tenant (see storage.calls for the tenant-scoped reads).
 """
 
 from __future__ import annotations
@@ -43,9 +44,12 @@ class CallWrites:
         stream_sid: str | None = None,
         from_number: str | None = None,
         to_number: str | None = None,
-    ) -> None:
+    ) -> bool:
         """The call is live: create its row, or move an existing (queued/ringing) row to
-        in-progress, filling the ids and numbers it does not have yet."""
+        in-progress, filling the ids and numbers it does not have yet.
+
+        False, touching nothing, when the row with that id is another tenant's: a call is
+        only ever continued by its own tenant, and no write changes a row's tenant."""
         columns = {
             "assistant_id": assistant_id,
             "phone_number_id": phone_number_id,
@@ -69,7 +73,9 @@ class CallWrites:
                     **columns,
                 )
             )
-            return
+            return True
+        if row.tenant_id != tenant_id:
+            return False
         if row.status != "ended":
             row.status = "in-progress"
         row.started_at = started_at
@@ -79,6 +85,7 @@ class CallWrites:
                 setattr(row, name, value)
         if metadata:
             row.metadata_ = {**row.metadata_, **metadata}
+        return True
 
     async def ensure_call(self, call_id: str, *, started_at: datetime) -> datetime:
         """The call's start time, creating a placeholder row for a call never seen starting

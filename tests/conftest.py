@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from control.providers import OPERATOR_KEYS, ProviderKeys
 from control.server import DrainingServer
 from control.settings import Settings
 from storage import default_sqlite_url, upgrade
@@ -69,7 +70,7 @@ class ScriptedEngines:
         self.greetings = GreetingCache()
         self.closed = False
 
-    def for_assistant(self, assistant: Assistant) -> Engines:
+    def for_assistant(self, assistant: Assistant, keys: ProviderKeys = OPERATOR_KEYS) -> Engines:
         return Engines(
             stt=self.stt,
             llm=self.llm,

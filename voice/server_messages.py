@@ -85,7 +85,17 @@ class ServerTarget:
         url = str(config["url"])
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"server.url must be http(s), got {url!r}")
-        timeout = float(config.get("timeoutSeconds", DEFAULT_SERVER_TIMEOUT))
+        # null (or absent) is Vapi's default; anything not a number is a ValueError like any
+        # other bad config, never a TypeError that escapes a call's start (issue 9, finding 7).
+        given = config.get("timeoutSeconds")
+        if given is None:
+            given = DEFAULT_SERVER_TIMEOUT
+        if isinstance(given, bool) or not isinstance(given, int | float | str):
+            raise ValueError(f"server.timeoutSeconds must be a number, got {type(given).__name__}")
+        try:
+            timeout = float(given)
+        except ValueError as exc:
+            raise ValueError("server.timeoutSeconds must be a number") from exc
         if not 1 <= timeout <= 300:  # Vapi's range
             raise ValueError(f"server.timeoutSeconds must be 1–300, got {timeout}")
         headers = config.get("headers") or {}
@@ -268,7 +278,8 @@ def parse_assistant_answer(status: int, body: bytes) -> AssistantAnswer:
             )
         return AssistantAnswer.failed(
             EndedReason.ASSISTANT_REQUEST_RETURNED_UNSPEAKABLE_ERROR,
-            f"error {str(error)[:200]!r} cannot be spoken",
+            # not quoted: the record says what was wrong, not what the server sent
+            f"the error is not a non-empty string of at most {MAX_ERROR_CHARS} characters",
         )
     if data.get("assistant") is not None:
         if not isinstance(data["assistant"], dict):

@@ -179,6 +179,8 @@ class CallSession:
             finalize=self._end_after,
             call_control=call_control,
             context=lambda: tool_context(call_id, self.metadata, assistant, self.history),
+            egress=engines.egress,
+            max_response_bytes=engines.max_response_bytes,
         )
         self._stt = TranscriberFeed(
             call_id=call_id,

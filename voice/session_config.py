@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from voice.assistant import Assistant
 from voice.breaker import BreakerBoard
+from voice.egress import EgressPolicy
+from voice.egress_http import DEFAULT_MAX_RESPONSE_BYTES
 from voice.fallback import Stage
 from voice.greeting import GreetingCache
 from voice.ports import LanguageModel, SpeechToText, TextToSpeech, TurnDetector, VadModel
@@ -65,6 +67,10 @@ class Engines:
     breakers: BreakerBoard = field(default_factory=BreakerBoard)
     # Releases the per-call adapters (sockets, HTTP pools) when the call ends.
     closers: Sequence[Callable[[], Awaitable[None]]] = ()
+    # Where the assistant's tool servers may be (the operator's egress policy; None: the strict
+    # default) and how much of their answers is read.
+    egress: EgressPolicy | None = None
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
 
 def turn_config(assistant: Assistant, has_turn_model: bool, vad_window: float) -> TurnConfig:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from voice.assistant import Assistant
+from voice.egress import EgressPolicy
+from voice.egress_http import DEFAULT_MAX_RESPONSE_BYTES
 from voice.errors import ConfigError, ProviderError
 from voice.events import CallEvent, MessageAdded, ToolCallFailed
 from voice.history import Conversation
@@ -95,6 +97,8 @@ class ToolTurns:
         finalize: Finalize,
         call_control: CallControl | None,
         context: Callable[[], dict[str, Any]],
+        egress: EgressPolicy | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> ToolTurns:
         try:
             tools = ToolSet.from_model(assistant.model)
@@ -107,7 +111,13 @@ class ToolTurns:
         return cls(
             call_id=call_id,
             tools=tools,
-            runner=ToolRunner(tools, assistant_server=server, context=context),
+            runner=ToolRunner(
+                tools,
+                assistant_server=server,
+                context=context,
+                policy=egress,
+                max_response_bytes=max_response_bytes,
+            ),
             history=history,
             emit=emit,
             since_start=since_start,

@@ -8,12 +8,18 @@ cannot do).
 `ToolRunner` runs the function calls of one model response: concurrently (at most
 `max_concurrency` at once), each as its own Vapi `tool-calls` server message POSTed to the tool's
 `server.url` (else the assistant's), signed as `voice.server_messages` describes, within the
-server's `timeoutSeconds`. Its answer `{"results": [{"toolCallId", "result" | "error"}]}` becomes
-the tool message the model sees. A timeout, a non-2xx status, an unreadable body or a missing
-result becomes a result that says the tool failed — the model is told and the call goes on — and
-the outcome is marked failed so the session records a `ToolCallFailed`.
+server's `timeoutSeconds` (end to end: connecting, sending and reading the answer). Its answer
+`{"results": [{"toolCallId", "result" | "error"}]}` becomes the tool message the model sees. A
+timeout, a non-2xx status, an unreadable body or a missing result becomes a result that says the
+tool failed — the model is told and the call goes on — and the outcome is marked failed so the
+session records a `ToolCallFailed`.
 
-The HTTP client is per call (created on first use, closed by `aclose()` when the call ends).
+The tool server is the tenant's: requests go through `voice.egress_http` (the operator's
+`EgressPolicy` checked on the address connected to, no redirects, the answer read up to
+`max_response_bytes`). A failed request is described by its HTTP status or a fixed error kind
+only, never by the server's body or the exception's text (they would tell a tenant about the
+operator's network). The HTTP client is per call (created on first use, closed by `aclose()`
+when the call ends).
 """
 
 from __future__ import annotations
@@ -30,6 +36,14 @@ from typing import Any
 import httpx
 
 from voice.assistant import ModelConfig
+from voice.egress import EgressDenied, EgressPolicy
+from voice.egress_http import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    ResponseTooLarge,
+    error_kind,
+    guarded_client,
+    post_capped,
+)
 from voice.errors import ConfigError
 from voice.ports import DEFAULT_TRANSFER_MESSAGE, TransferDestination
 from voice.server_messages import ServerTarget, encode, envelope
@@ -58,7 +72,6 @@ DEFAULT_FILLERS = (
     "Give me a moment.",
     "This'll just take a sec.",
 )
-_MAX_RESPONSE_BYTES = 256 * 1024  # a tool answer is a line of text for the model, not a file
 _MAX_RESULT_CHARS = 8000
 
 
@@ -220,7 +233,10 @@ def tool_call_json(call: ToolCall, *, parsed: bool = False) -> dict[str, Any]:
 
 class ToolRunner:
     """Runs function tool calls for one call. `context()` gives the envelope's `call`,
-    `assistant`, … fields at the moment of the request."""
+    `assistant`, … fields at the moment of the request.
+
+    `policy` is the operator's egress policy (None: the strict default, no internal address
+    allowed); `transport` replaces the network under it (tests)."""
 
     def __init__(
         self,
@@ -230,6 +246,8 @@ class ToolRunner:
         context: Callable[[], dict[str, Any]],
         wall_clock: Callable[[], float] = time.time,
         max_concurrency: int = 4,
+        policy: EgressPolicy | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.tools = tools
@@ -237,6 +255,8 @@ class ToolRunner:
         self._context = context
         self._wall = wall_clock
         self._limit = asyncio.Semaphore(max_concurrency)
+        self._policy = policy or EgressPolicy()
+        self._max_bytes = max_response_bytes
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._fillers = itertools.cycle(DEFAULT_FILLERS)
@@ -285,23 +305,39 @@ class ToolRunner:
             **context,
         )
         body = encode(message)
-        if self._client is None:
-            self._client = httpx.AsyncClient(transport=self._transport, follow_redirects=False)
         seconds = server.timeout_seconds
+        if self._client is None:
+            self._client = guarded_client(
+                self._policy, timeout_seconds=seconds, transport=self._transport
+            )
         try:
-            async with asyncio.timeout(seconds):
-                response = await self._client.post(
-                    server.url, content=body, headers=server.request_headers(body, int(now))
-                )
-        except TimeoutError:
-            return _failed(call, f"the tool server did not answer within {seconds:g}s")
-        except httpx.HTTPError as exc:
-            return _failed(call, f"the tool server could not be reached ({type(exc).__name__})")
-        if not 200 <= response.status_code < 300:
-            return _failed(call, f"the tool server answered HTTP {response.status_code}")
-        if len(response.content) > _MAX_RESPONSE_BYTES:
-            return _failed(call, "the tool server's answer is too large")
-        return _read_results(call, response.content)
+            status, answer = await post_capped(
+                self._client,
+                server.url,
+                content=body,
+                headers=server.request_headers(body, int(now)),
+                limit=self._max_bytes,
+                timeout_seconds=seconds,
+            )
+        except (TimeoutError, httpx.HTTPError, httpx.InvalidURL, EgressDenied) as exc:
+            kind = error_kind(exc)
+            if kind == "timeout":  # the deadline, or httpx's per-phase timeout (the same value)
+                return _failed(call, f"the tool server did not answer within {seconds:g}s")
+            log.info("tool %s: request to its server failed: %s: %s", call.name, kind, exc)
+            return _failed(call, _WHY.get(kind, "the tool server request failed") + f" ({kind})")
+        if not 200 <= status < 300:
+            return _failed(call, f"the tool server answered HTTP {status} ({error_kind(status)})")
+        return _read_results(call, answer)
+
+
+# Fixed texts for the model and the call record: nothing of the server's answer or the error.
+_WHY = {
+    EgressDenied.kind: "the tool server's address is not allowed",
+    ResponseTooLarge.kind: "the tool server's answer is too large",
+    "connect-error": "the tool server could not be reached",
+    "invalid-response": "the tool server's answer is not valid HTTP",
+    "invalid-url": "the tool server's URL is not usable",
+}
 
 
 def _read_results(call: ToolCall, content: bytes) -> ToolOutcome:

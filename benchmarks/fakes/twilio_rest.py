@@ -9,6 +9,8 @@ token, or an API key SID and secret), snake_case JSON resources, list pages with
     GET  /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json              fetch
     POST /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json              update (Status, …)
     GET  /2010-04-01/Accounts/{AccountSid}/IncomingPhoneNumbers.json         list (?PhoneNumber=)
+         (only the account's own numbers: `config.numbers` seeds them, `add_number` adds one;
+         a number the account lacks gives an empty list, as Twilio answers)
     POST /2010-04-01/Accounts/{AccountSid}/IncomingPhoneNumbers/{Sid}.json   update (VoiceUrl, …)
 
 Every request is recorded (`requests`), whether or not it was accepted. Faults (`fault`,
@@ -187,6 +189,8 @@ class FakeTwilioRestConfig:
     accounts: dict[str, str] = field(default_factory=dict)
     # API key SID -> (account SID, secret)
     api_keys: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # account SID -> the E.164 numbers it owns (IncomingPhoneNumbers lists only these)
+    numbers: dict[str, list[str]] = field(default_factory=dict)
     latency: float = 0.0  # before every answer
     fault: Fault | None = None  # UNAUTHORIZED, RATE_LIMITED, SERVER_ERROR, STALL, GARBAGE
     fault_count: int | None = None  # requests that get the fault; None: all
@@ -216,6 +220,9 @@ class FakeTwilioRest:
 
     def __post_init__(self) -> None:
         self._faults = FaultSwitch()
+        for account, owned in self.config.numbers.items():
+            for phone_number in owned:
+                self.add_number(account, phone_number)
         self.call_created = asyncio.Event()
         self.call_updated = asyncio.Event()
         self.app = Starlette(
@@ -311,9 +318,10 @@ class FakeTwilioRest:
     def _account_of(self, username: str, password: str) -> str | None:
         if username.startswith("SK") and username in self.config.api_keys:
             account, secret = self.config.api_keys[username]
-            return account if secrets.compare_digest(secret, password) else None
+            return account if secrets.compare_digest(secret.encode(), password.encode()) else None
         token = self.config.accounts.get(username)
-        if token is not None and secrets.compare_digest(token, password):
+        # bytes: Basic auth may carry any UTF-8, and compare_digest refuses non-ASCII str
+        if token is not None and secrets.compare_digest(token.encode(), password.encode()):
             return username
         return None
 

@@ -6,11 +6,13 @@ from fastapi import APIRouter
 
 from control.routes.assistants import router as assistants
 from control.routes.calls import router as calls
+from control.routes.credentials import router as credentials
 from control.routes.phone_numbers import router as phone_numbers
 from control.routes.tools import router as tools
+from control.routes.webhook_deliveries import router as webhook_deliveries
 
 __all__ = ["api_router"]
 
 api_router = APIRouter()
-for _router in (assistants, tools, phone_numbers, calls):
+for _router in (assistants, tools, phone_numbers, calls, credentials, webhook_deliveries):
     api_router.include_router(_router)

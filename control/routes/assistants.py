@@ -9,7 +9,9 @@ from pydantic import ValidationError
 
 from control.deps import StoresDep, TenantDep
 from control.errors import ApiError, not_found, validation_messages
+from control.providers import assistant_problems
 from control.stores import Stores
+from voice.assistant import Assistant
 
 __all__ = ["router"]
 
@@ -33,6 +35,20 @@ async def _check_tool_ids(stores: Stores, tenant_id: str, config: JsonObject) ->
         raise ApiError(422, [f"model.toolIds: tool {t} not found" for t in missing])
 
 
+async def _check_runnable(stores: Stores, tenant_id: str, config: JsonObject) -> None:
+    """Providers AVA cannot run, inline keys and unknown `credentialId`s: a 422 naming the
+    field now, not a call that fails at its start."""
+    try:
+        assistant = Assistant.model_validate(
+            {k: v for k, v in config.items() if k not in ("id", "orgId", "createdAt", "updatedAt")}
+        )
+    except ValidationError:
+        return  # the store's validation answers with every field's problem
+    problems = await assistant_problems(assistant, stores, tenant_id)
+    if problems:
+        raise ApiError(422, problems)
+
+
 def _invalid(exc: ValidationError) -> ApiError:
     return ApiError(422, validation_messages(exc.errors()))
 
@@ -40,6 +56,7 @@ def _invalid(exc: ValidationError) -> ApiError:
 @router.post("", status_code=201)
 async def create_assistant(stores: StoresDep, tenant_id: TenantDep, body: JsonBody) -> JsonObject:
     await _check_tool_ids(stores, tenant_id, body)
+    await _check_runnable(stores, tenant_id, body)
     try:
         record = await stores.assistants.create(tenant_id, body)
     except ValidationError as exc:
@@ -70,6 +87,7 @@ async def update_assistant(
     if await stores.assistants.get(tenant_id, assistant_id) is None:
         raise not_found("assistant")
     await _check_tool_ids(stores, tenant_id, body)
+    await _check_runnable(stores, tenant_id, body)
     try:
         record = await stores.assistants.update(tenant_id, assistant_id, body)
     except ValidationError as exc:

@@ -18,6 +18,7 @@ from pydantic.alias_generators import to_camel
 from control.deps import StateDep, StoresDep, TenantDep
 from control.errors import ApiError, not_found, validation_messages
 from control.outbound import OUTBOUND, outbound_twiml, twilio_for
+from control.providers import assistant_problems
 from control.state import AppState
 from control.twilio_auth import external_url
 from control.twilio_rest import TwilioRestError
@@ -91,9 +92,12 @@ async def _resolve_assistant(
         raise ApiError(422, ["assistantId: give exactly one of assistantId and assistant"])
     if body.assistant is not None:
         try:
-            Assistant.model_validate(body.assistant)
+            transient = Assistant.model_validate(body.assistant)
         except ValidationError as exc:
             raise ApiError(422, validation_messages(exc.errors(), prefix=("assistant",))) from exc
+        problems = await assistant_problems(transient, state.stores, tenant_id)
+        if problems:
+            raise ApiError(422, [f"assistant.{problem}" for problem in problems])
         return body.assistant
     if await state.stores.assistants.get(tenant_id, cast(str, body.assistant_id)) is None:
         raise ApiError(422, [f"assistantId: assistant {body.assistant_id} not found"])

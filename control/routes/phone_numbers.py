@@ -1,11 +1,19 @@
-"""`/phone-number`: Twilio numbers imported by a tenant. Credentials go in, never come out."""
+"""`/phone-number`: Twilio numbers imported by a tenant. Credentials go in, never come out.
+
+An import (and a PATCH that changes the credentials) must prove the tenant controls the number:
+outside dev mode Twilio's REST API, asked with the credentials given, must list it among the
+account's IncomingPhoneNumbers, with the auth token (which checks every inbound request's
+signature) and with the API key if one is given. The auth token is required even with an API
+key: without it nothing could tell the number's calls from forged ones.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from control.deps import StateDep, StoresDep, TenantDep
@@ -17,6 +25,7 @@ from control.twilio_rest import TwilioRestError
 from control.twilio_status import STATUS_PATH
 from storage import UNSET, Conflict, NotFound, TwilioCredentials
 from storage.resources import Unset
+from voice.assistant import check_server
 
 __all__ = ["router"]
 
@@ -25,6 +34,11 @@ router = APIRouter(prefix="/phone-number", tags=["phone numbers"])
 JsonObject = dict[str, Any]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 VOICE_PATH = "/twilio/voice"
+NEEDS_AUTH_TOKEN = (
+    "twilioAuthToken: required with twilioApiKey/twilioApiSecret too: Twilio signs the number's "
+    "calls with the account's auth token, so without it the number cannot take inbound calls"
+)
+NOT_IN_ACCOUNT = "number: number not found in that Twilio account"
 
 
 class _Body(BaseModel):
@@ -44,9 +58,15 @@ class _Body(BaseModel):
         default=None, validation_alias=AliasChoices("twilioApiSecret", "apiSecret")
     )
 
+    @field_validator("server")
+    @classmethod
+    def _usable_server(cls, server: dict[str, Any] | None) -> dict[str, Any] | None:
+        check_server(server)  # http(s) URL, timeoutSeconds 1–300 or null: 422 at save time
+        return server
+
     def credentials(self) -> TwilioCredentials:
         try:
-            return TwilioCredentials(
+            credentials = TwilioCredentials(
                 account_sid=self.twilio_account_sid or "",
                 auth_token=self.twilio_auth_token,
                 api_key=self.twilio_api_key,
@@ -55,6 +75,11 @@ class _Body(BaseModel):
         except ValueError as exc:
             field = "twilioAuthToken" if self.twilio_account_sid else "twilioAccountSid"
             raise ApiError(422, [f"{field}: {exc}"]) from exc
+        if bool(credentials.api_key) != bool(credentials.api_secret):
+            raise ApiError(422, ["twilioApiSecret: twilioApiKey and twilioApiSecret go together"])
+        if not credentials.auth_token:
+            raise ApiError(422, [NEEDS_AUTH_TOKEN])
+        return credentials
 
 
 class PhoneNumberCreate(_Body):
@@ -85,6 +110,34 @@ async def _configure_webhook(state: AppState, request: Request, body: PhoneNumbe
         raise ApiError(status, f"Twilio did not configure {body.number}: {exc}") from exc
 
 
+async def _prove_ownership(state: AppState, number: str, credentials: TwilioCredentials) -> None:
+    """422 unless the account behind `credentials` has `number` (see the module docstring).
+
+    Skipped in dev mode (no TWILIO_AUTH_TOKEN: a local server with no operator account to
+    protect, and numbers that may not exist anywhere)."""
+    if state.settings.dev_mode:
+        return
+    assert credentials.auth_token  # credentials() refuses an import without one
+    logins = [TwilioCredentials(credentials.account_sid, auth_token=credentials.auth_token)]
+    if credentials.api_key:
+        logins.append(replace(credentials, auth_token=None))
+    for login in logins:
+        field = "twilioApiKey" if login.api_key else "twilioAuthToken"
+        twilio = twilio_for(state.settings, login)
+        assert twilio is not None
+        try:
+            async with twilio:
+                sid = await twilio.find_number(number)
+        except TwilioRestError as exc:
+            if exc.retryable:
+                raise ApiError(502, "Twilio did not answer; try again") from exc
+            if exc.status in (401, 403):
+                raise ApiError(422, [f"{field}: Twilio refused these credentials"]) from exc
+            raise ApiError(422, [f"number: Twilio could not look it up ({exc.status})"]) from exc
+        if sid is None:
+            raise ApiError(422, [NOT_IN_ACCOUNT])
+
+
 class PhoneNumberUpdate(_Body):
     pass
 
@@ -95,6 +148,7 @@ async def import_phone_number(
 ) -> JsonObject:
     stores = state.stores
     credentials = body.credentials()
+    await _prove_ownership(state, body.number, credentials)
     if body.configure_twilio_webhook:
         if await stores.phone_numbers.route(body.number) is not None:
             raise ApiError(409, f"{body.number} is already imported")  # before touching Twilio
@@ -136,8 +190,9 @@ async def get_phone_number(
 
 @router.patch("/{phone_number_id}")
 async def update_phone_number(
-    phone_number_id: str, body: PhoneNumberUpdate, stores: StoresDep, tenant_id: TenantDep
+    phone_number_id: str, body: PhoneNumberUpdate, state: StateDep, tenant_id: TenantDep
 ) -> JsonObject:
+    stores = state.stores
     current = await stores.phone_numbers.get(tenant_id, phone_number_id)
     if current is None:
         raise not_found("phone number")
@@ -150,6 +205,7 @@ async def update_phone_number(
         if body.twilio_account_sid is None:
             body.twilio_account_sid = current.twilio_account_sid
         credentials = body.credentials()
+        await _prove_ownership(state, current.number, credentials)
     try:
         record = await stores.phone_numbers.update(
             tenant_id,

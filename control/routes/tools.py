@@ -22,8 +22,8 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 async def create_tool(stores: StoresDep, tenant_id: TenantDep, body: JsonBody) -> JsonObject:
     try:
         record = await stores.tools.create(tenant_id, body)
-    except ValueError as exc:
-        raise ApiError(422, [f"type: {exc}"]) from exc
+    except ValueError as exc:  # raised before the insert: nothing stored
+        raise ApiError(422, [str(exc)]) from exc
     return record.to_vapi()
 
 
@@ -49,8 +49,9 @@ async def update_tool(
     try:
         record = await stores.tools.update(tenant_id, tool_id, body)
     except ValueError as exc:
-        # Only reached for this tenant's tool: update() looks the row up before validating.
-        raise ApiError(422, [f"type: {exc}"]) from exc
+        # Only reached for this tenant's tool: update() looks the row up before validating,
+        # and the transaction it validates in is rolled back.
+        raise ApiError(422, [str(exc)]) from exc
     if record is None:
         raise not_found("tool")
     return record.to_vapi()

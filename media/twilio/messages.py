@@ -48,6 +48,8 @@ DTMF_DIGITS = frozenset("0123456789*#")
 
 # Bounded so a hostile "sequenceNumber" cannot make int() do quadratic work.
 _DIGITS = re.compile(r"[0-9]{1,18}")
+# The same range for a JSON integer, so both spellings of a number mean the same thing.
+_MAX_INT = 10**18 - 1
 
 
 class ProtocolError(ValueError):
@@ -158,7 +160,9 @@ def _load(text: str) -> tuple[str, dict[str, Any]]:
         raise ProtocolError(f"message over {MAX_MESSAGE_BYTES} bytes")
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    # ValueError, not just JSONDecodeError: CPython's int() refuses over 4300 digits with a
+    # plain ValueError from inside json.loads, and a 5 KB number fits in a message.
+    except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"malformed JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise ProtocolError(f"message is a JSON {type(obj).__name__}, not an object")
@@ -185,7 +189,7 @@ def _int(parent: dict[str, Any], key: str, where: str) -> int:
     if isinstance(value, str) and _DIGITS.fullmatch(value):
         return int(value)
     # bool is an int subclass; True is not a sequence number.
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_INT:
         return value
     raise ProtocolError(_bad(parent, key, where, "a non-negative integer"))
 

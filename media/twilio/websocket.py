@@ -3,17 +3,21 @@
 It only moves text between the socket and the sans-I/O protocol. Bad input closes the socket
 with 1008 (policy) and surfaces as `TransportClosed(malformed=True)`; our own failure closes with
 1011; a normal end closes with 1000, which ends Twilio's `<Connect>` and with it the call.
+Audio arriving faster than real time beyond a burst (`media.rate_guard`) counts as bad input.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import NoReturn
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from media.transport import InboundEvent, TransportClosed
+from media.rate_guard import MediaRateExceeded, MediaRateGuard
+from media.transport import AudioReceived, InboundEvent, TransportClosed
 from media.twilio.messages import ProtocolError, Start
 from media.twilio.protocol import Started, TwilioStream
 
@@ -32,9 +36,17 @@ _OUR_FAULT = ("pipeline-error", "error-server")
 class TwilioWebSocket:
     kind = "twilio"
 
-    def __init__(self, websocket: WebSocket) -> None:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        *,
+        burst_seconds: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.websocket = websocket
         self.stream = TwilioStream()
+        self.rate = MediaRateGuard(burst_seconds)
+        self._clock = clock
         self._pending: deque[InboundEvent] = deque()
         self._closed = False
 
@@ -68,9 +80,15 @@ class TwilioWebSocket:
         if text is None:
             await self._reject("binary frame: Twilio sends JSON text frames only")
         try:
-            return list(self.stream.receive_text(text))
+            events = list(self.stream.receive_text(text))
+            for event in events:
+                if isinstance(event, AudioReceived):
+                    self.rate.receive(len(event.audio), self._clock())
         except ProtocolError as exc:
             await self._reject(exc.reason)
+        except MediaRateExceeded as exc:
+            await self._reject(exc.reason)
+        return events
 
     async def _reject(self, reason: str) -> NoReturn:
         log.error("malformed Twilio stream %s: %s", self.stream.stream_sid or "-", reason)

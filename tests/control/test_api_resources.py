@@ -205,11 +205,14 @@ async def test_phone_number_crud_never_returns_secrets(api: Api, database_url: s
 
 async def test_phone_number_api_key_import(api: Api) -> None:
     body = {k: v for k, v in NUMBER.items() if k != "twilioAuthToken"}
-    created = await api.a.post(
-        "/phone-number", json={**body, "twilioApiKey": "SK" + "1" * 32, "twilioApiSecret": "shh"}
-    )
+    body |= {"twilioApiKey": "SK" + "1" * 32, "twilioApiSecret": "shh"}
+    # The auth token too: Twilio signs the number's calls with it (issue 9).
+    without_token = await api.a.post("/phone-number", json=body)
+    assert without_token.status_code == 422
+    assert without_token.json()["message"][0].startswith("twilioAuthToken:")
+    created = await api.a.post("/phone-number", json={**body, "twilioAuthToken": AUTH_TOKEN})
     assert created.status_code == 201, created.text
-    assert "shh" not in created.text
+    assert "shh" not in created.text and AUTH_TOKEN not in created.text
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,8 @@ import httpx
 import pytest
 import websockets
 
+from benchmarks.fakes.server import serve
+from benchmarks.fakes.twilio_rest import FakeTwilioRest, FakeTwilioRestConfig
 from control.twilio_routes import NO_ASSISTANT_SAY, UNKNOWN_NUMBER_SAY
 from media.twilio.caller import CallScript, parse_twiml, place_call
 from media.twilio.phone import PhoneLine
@@ -72,9 +74,13 @@ def app_calls(api: Api) -> int:
     return len(api.app.state.calls.records)
 
 
-async def test_unknown_number_gets_spoken_twiml(api: Api) -> None:
-    await _number(api)
-    response = await _post(api, _form(to="+14155550111"), None)
+async def test_unknown_number_gets_spoken_twiml(
+    tmp_path: Path, assistant_file: AssistantFactory, database_url: str
+) -> None:
+    app = api_app(tmp_path, assistant_file, database_url, unknown_numbers="reject")
+    async with running_api(app) as api:
+        await _number(api)
+        response = await _post(api, _form(to="+14155550111"), None)
     assert response.status_code == 200
     assert UNKNOWN_NUMBER_SAY in response.text and "<Hangup" in response.text
     assert "<Stream" not in response.text
@@ -127,22 +133,29 @@ async def test_server_token_and_tenant_numbers_coexist(
 ) -> None:
     """With the operator's TWILIO_AUTH_TOKEN set, a tenant's number still checks its own."""
     engines = ScriptedEngines(["Hello?"], ["Hi there."], seconds_per_char=0.01)
-    app = api_app(
-        tmp_path, assistant_file, database_url, engines, twilio_auth_token="operator-token"
+    # Outside dev mode an import is checked with Twilio: the fake's account owns the number.
+    account = NUMBER["twilioAccountSid"]
+    fake = FakeTwilioRest(
+        FakeTwilioRestConfig(accounts={account: AUTH_TOKEN}, numbers={account: [NUMBER["number"]]})
     )
-    async with running_api(app) as api:
-        await _number(api)
-        assert (await _post(api, _form(), "operator-token")).status_code == 403
-        report = await place_call(
-            api.base,
-            CallScript([SPEECH]),
-            auth_token=AUTH_TOKEN,
-            to_number=NUMBER["number"],
-            fetch_record=False,
-        )
-        assert report.error is None, report.error
-        calls = (await api.a.get("/call")).json()
-        assert len(calls) == 1 and calls[0]["orgId"] == api.tenant_a
+    async with serve(fake.app) as twilio_base:
+        app = api_app(
+            tmp_path, assistant_file, database_url, engines, twilio_auth_token="operator-token",
+            twilio_api_base_url=twilio_base,
+        )  # fmt: skip
+        async with running_api(app) as api:
+            await _number(api)
+            assert (await _post(api, _form(), "operator-token")).status_code == 403
+            report = await place_call(
+                api.base,
+                CallScript([SPEECH]),
+                auth_token=AUTH_TOKEN,
+                to_number=NUMBER["number"],
+                fetch_record=False,
+            )
+            assert report.error is None, report.error
+            calls = (await api.a.get("/call")).json()
+            assert len(calls) == 1 and calls[0]["orgId"] == api.tenant_a
 
 
 async def test_status_callbacks_are_signed_deduplicated_and_ordered(api: Api) -> None:

@@ -89,7 +89,8 @@ async def test_a_transient_assistant_takes_the_call(setup: tuple[Api, Receiver])
     assert ended["call"]["id"] == call["id"]
     (stored,) = await recorded(api)
     assert stored["id"] == call["id"] and stored["status"] == "ended"
-    assert api.app.state.pending_assistants.take(report.call_sid) is None  # taken, not left
+    pending = api.app.state.pending_assistants
+    assert pending.take(api.tenant_a, call["id"]) is None and len(pending) == 0  # taken, not left
 
 
 async def test_an_assistant_id_takes_the_call(setup: tuple[Api, Receiver]) -> None:
@@ -204,10 +205,12 @@ def test_pending_assistants_are_bounded_in_number_and_time() -> None:
     now = [0.0]
     pending = PendingAssistants(ttl=60, max_entries=2, clock=lambda: now[0])
     one, two, three = (Assistant(name=n) for n in ("one", "two", "three"))
-    pending.put("CA1", one)
-    pending.put("CA2", two)
-    pending.put("CA3", three)  # over the bound: the oldest goes
-    assert len(pending) == 2 and pending.take("CA1") is None
-    assert pending.take("CA2") is two and pending.take("CA2") is None  # taken once
+    pending.put("tenant-a", "call_1", one)
+    pending.put("tenant-a", "call_2", two)
+    pending.put("tenant-a", "call_3", three)  # over the bound: the oldest goes
+    assert len(pending) == 2 and pending.take("tenant-a", "call_1") is None
+    assert pending.take("tenant-b", "call_2") is None  # another tenant's key: not theirs
+    assert pending.take("tenant-a", "call_2") is two
+    assert pending.take("tenant-a", "call_2") is None  # taken once
     now[0] = 61.0
-    assert pending.take("CA3") is None and len(pending) == 0  # expired with its token
+    assert pending.take("tenant-a", "call_3") is None and len(pending) == 0  # expired

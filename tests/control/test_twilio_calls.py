@@ -296,7 +296,10 @@ async def test_twilio_signatures_checked_when_configured(
     tmp_path: Path, assistant_file: AssistantFactory
 ) -> None:
     token = "test-auth-token"
-    settings = settings_for(assistant_file(), tmp_path, twilio_auth_token=token)
+    # Outside dev mode the assistant file answers unknown numbers only when the operator says so.
+    settings = settings_for(
+        assistant_file(), tmp_path, twilio_auth_token=token, unknown_numbers="assistant-file"
+    )
     engines = ScriptedEngines(["Hello?"], ["Hi there."], seconds_per_char=0.01)
     app = create_app(settings, engines=engines)
     async with serve(app) as base:

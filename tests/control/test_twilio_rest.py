@@ -217,3 +217,21 @@ async def test_concurrent_requests_share_one_client() -> None:
             *(rest.create_call(to=f"+1555000{i:04d}", from_=NUMBER, twiml=TWIML) for i in range(5))
         )
     assert len(set(sids)) == 5 and set(sids) == set(fake.calls)
+
+
+async def test_find_number_answers_only_for_the_accounts_own_numbers() -> None:
+    async with twilio(numbers={SID: [NUMBER], OTHER_SID: ["+15550002222"]}) as (fake, base):
+        async with TwilioRest(SID, TOKEN, base_url=base) as rest:
+            sid = await rest.find_number(NUMBER)
+            assert sid is not None and sid.startswith("PN")
+            assert await rest.find_number("+15550002222") is None  # another account's
+        async with TwilioRest(SID, "", base_url=base, api_key=(KEY_SID, KEY_SECRET)) as rest:
+            assert await rest.find_number(NUMBER) == sid
+        async with TwilioRest(SID, "wrong", base_url=base) as rest:
+            with pytest.raises(TwilioRestError) as refused:
+                await rest.find_number(NUMBER)
+    assert refused.value.status == 401 and refused.value.code == 20003
+    assert not refused.value.retryable
+    assert [r.query.get("PhoneNumber") for r in fake.requests] == [
+        NUMBER, "+15550002222", NUMBER, NUMBER,
+    ]  # fmt: skip

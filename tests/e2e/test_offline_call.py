@@ -8,13 +8,17 @@ simulated Twilio caller measures what it hears.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soxr
 
 from control.app import create_app
 from control.engines import EngineHub
+from media.g711 import ulaw_to_float
 from media.twilio.caller import CallScript, place_call
 from tests.conftest import AssistantFactory, serve, settings_for
 from voice.engines.synthesize import synthesize_ulaw
@@ -38,10 +42,23 @@ def questions(hub: EngineHub) -> dict[str, bytes]:
         "hours": "What are your opening hours?",
         "where": "Where are you located?",
         "services": "Can I book an appointment please?",
-        "interrupt": "Sorry, where exactly are you located?",
+        # No mid-sentence pause here: answering over one is issue 10's, tested on its own.
+        "interrupt": "Where exactly are you located?",
     }
     audio = synthesize_ulaw(list(texts.values()), hub.piper)
     return dict(zip(texts, audio, strict=True))
+
+
+@pytest.fixture(scope="module")
+def whisper_seconds(hub: EngineHub, questions: dict[str, bytes]) -> float:
+    """What one Whisper-base final costs on this machine. It varies ~6x between the machines
+    this suite runs on (0.65 s on an AVX-512 Xeon, 3.8 s on an AVX2 EPYC with ctranslate2's
+    DNNL backend), and the offline voice-to-voice is mostly that; the bound follows it."""
+    audio = ulaw_to_float(questions["hours"])
+    audio_16k = soxr.resample(audio, 8000, 16000).astype(np.float32)
+    started = time.perf_counter()
+    hub.whisper.transcribe(audio_16k, "en")
+    return time.perf_counter() - started
 
 
 @pytest.fixture
@@ -59,7 +76,9 @@ def spoken(record: dict[str, object]) -> list[tuple[str, str]]:
     return [(m["role"], m["message"]) for m in messages]
 
 
-async def test_two_turn_conversation(server: str, questions: dict[str, bytes]) -> None:
+async def test_two_turn_conversation(
+    server: str, questions: dict[str, bytes], whisper_seconds: float
+) -> None:
     report = await place_call(server, CallScript([questions["hours"], questions["where"]]))
     assert report.error is None, report.render()
     assert report.greeting_latency is not None and report.greeting_latency < 0.1
@@ -73,8 +92,11 @@ async def test_two_turn_conversation(server: str, questions: dict[str, bytes]) -
     bot = [text for role, text in said if role == "bot"]
     assert bot[1].startswith("We are open from nine")
     assert bot[2].startswith("We are at twelve Main Street")
+    # 3 s where Whisper takes 0.65 s; the rest of the turn (VAD, Piper, AVA) is ~0.5 s, so a
+    # slower Whisper adds what it costs, twice over for a final still running at the endpoint.
+    bound = 3.0 + 2 * max(0.0, whisper_seconds - 0.65)
     for turn in report.turns:
-        assert turn.voice_to_voice is not None and turn.voice_to_voice < 3.0
+        assert turn.voice_to_voice is not None and turn.voice_to_voice < bound, whisper_seconds
     for turn in record["turns"]:
         latency = turn["latency"]
         assert latency["server"] < 0.1, latency

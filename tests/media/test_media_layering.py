@@ -63,6 +63,7 @@ def test_sans_io_modules_import_no_io(path: Path) -> None:
 SANS_IO_MODULES = [
     "media.framing",
     "media.pacing",
+    "media.rate_guard",
     "media.twilio",
     "media.twilio.messages",
     "media.twilio.protocol",

@@ -295,7 +295,10 @@ async def test_a_call_created_by_the_api_is_moved_to_in_progress(
     recorder = CallRecorder(calls, node_id="node-1")
     wall = time.time()
     async with running(recorder):
-        recorder.emit(CallStarted(created.id, 0.0, wall, "twilio", "Sales", {"call_sid": "CA7"}))
+        # The start names the call's tenant, as every stream's does: a row is only ever continued
+        # by its own tenant (issue 9).
+        meta = {"call_sid": "CA7", "tenant_id": tenant.id}
+        recorder.emit(CallStarted(created.id, 0.0, wall, "twilio", "Sales", meta))
         await recorder.flush()
     call = await calls.get_call(tenant.id, created.id)
     assert call is not None and call.status == "in-progress"

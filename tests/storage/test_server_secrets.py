@@ -163,6 +163,8 @@ async def _insert_plain_rows(url: str) -> tuple[str, str]:
         "model": {"tools": [inline_tool(INLINE_SECRET)]},
     }
     server = {"url": "https://n.example", "secret": NUMBER_SECRET}
+    # Twilio credentials were sealed from the start (with the server's key, as upgrade checks).
+    credentials = SecretBox.from_secret(SECRET).encrypt_json({"account_sid": "AC1"})
     tables = Base.metadata.tables
     try:
         async with engine.begin() as connection:
@@ -183,7 +185,8 @@ async def _insert_plain_rows(url: str) -> tuple[str, str]:
             await connection.execute(
                 insert(tables["phone_numbers"]).values(
                     id="p1", tenant_id="t1", number="+14155550123", provider="twilio",
-                    twilio_account_sid="AC1", credentials_encrypted="x", server=server, **stamps,
+                    twilio_account_sid="AC1", credentials_encrypted=credentials, server=server,
+                    **stamps,
                 )
             )  # fmt: skip
     finally:
@@ -257,3 +260,55 @@ async def test_a_transient_assistants_secret_is_not_shown_with_its_call(
     shown = to_vapi(got)
     assert shown["assistant"]["server"] == {"url": "https://hooks.example.com/t"}
     assert HOOK_SECRET not in json.dumps(shown) and INLINE_SECRET not in json.dumps(shown)
+
+
+async def test_server_headers_are_sealed_masked_and_kept_on_an_echo(
+    assistants: AssistantStore,
+    tools: ToolStore,
+    phone_numbers: PhoneNumberStore,
+    tenants: TenantStore,
+    engine: AsyncEngine,
+    db_url: str,
+) -> None:
+    a = (await tenants.create_tenant("A")).id
+    url = "https://hooks.example.com/h"
+    headers = {"Authorization": "Bearer header-credential-1", "X-Api-Key": "header-credential-2"}
+    server = {"url": url, "headers": headers}
+    record = await assistants.create(
+        a, {"server": server, "model": {"provider": "openai", "tools": [inline_tool("s1")]}}
+    )
+    tool = await tools.create(a, {**inline_tool(TOOL_SECRET), "server": server})
+    number = await phone_numbers.create(
+        a,
+        number="+14155550177",
+        credentials=TwilioCredentials("AC1", auth_token="token-123"),
+        server=server,
+    )
+    stored = await database_text(engine, db_url)
+    assert "X-Api-Key" in stored
+    assert "header-credential" not in stored
+
+    # calls get the values; the API shows the names only
+    got = await assistants.get(a, record.id)
+    assert got is not None and got.assistant().server == server
+    masked = {"Authorization": "***", "X-Api-Key": "***"}
+    assert record.to_vapi()["server"] == {"url": url, "headers": masked}
+    assert tool.to_vapi()["server"]["headers"] == masked
+    assert number.to_vapi()["server"] == {"url": url, "headers": masked}
+    assert "header-credential" not in json.dumps([record.to_vapi(), number.to_vapi()])
+
+    # a GET echoed back keeps the stored values; a changed value replaces one
+    shown = record.to_vapi()["server"]
+    changed = {**shown, "headers": {**shown["headers"], "X-Api-Key": "header-credential-3"}}
+    echoed = await assistants.update(a, record.id, {"server": changed})
+    assert echoed is not None
+    assert echoed.config["server"]["headers"] == {**headers, "X-Api-Key": "header-credential-3"}
+    kept_tool = await tools.update(a, tool.id, {"server": tool.to_vapi()["server"]})
+    assert kept_tool is not None and kept_tool.config["server"]["headers"] == headers
+    kept_number = await phone_numbers.update(a, number.id, server=number.to_vapi()["server"])
+    assert kept_number is not None and kept_number.server == server
+    # another URL inherits nothing, and the mask is never stored as a credential
+    other = "https://other.example"
+    moved = await assistants.update(a, record.id, {"server": {**shown, "url": other}})
+    assert moved is not None and moved.config["server"] == {"url": other, "headers": {}}
+    assert "header-credential" not in await database_text(engine, db_url)

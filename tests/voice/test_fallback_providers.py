@@ -23,7 +23,14 @@ KEYS = {
 
 
 def settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
-    for name in (*KEYS, "DEEPGRAM_BASE_URL", "OPENAI_BASE_URL", "ELEVENLABS_BASE_URL"):
+    for name in (
+        *KEYS,
+        "DEEPGRAM_BASE_URL",
+        "OPENAI_BASE_URL",
+        "ELEVENLABS_BASE_URL",
+        "GROQ_API_KEY",
+        "GROQ_BASE_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -51,7 +58,11 @@ def test_env_example_documents_every_provider_setting() -> None:
 async def test_adapters_from_vapi_configs(monkeypatch: pytest.MonkeyPatch) -> None:
     cloud = CloudAdapters(
         settings(
-            monkeypatch, **KEYS, DEEPGRAM_BASE_URL="ws://127.0.0.1:1", OPENAI_BASE_URL="http://h/v1"
+            monkeypatch,
+            **KEYS,
+            GROQ_API_KEY="gq-key",
+            DEEPGRAM_BASE_URL="ws://127.0.0.1:1",
+            OPENAI_BASE_URL="http://h/v1",
         )
     )
     stt = cloud.stt(TranscriberConfig(provider="deepgram", model="nova-3", endpointing=300))
@@ -78,6 +89,9 @@ async def test_adapters_from_vapi_configs(monkeypatch: pytest.MonkeyPatch) -> No
     )
     assert isinstance(llm, OpenAiLlm)
     assert (llm.model, llm.temperature, llm.max_tokens) == ("llama-3.1-8b-instant", 0.2, 99)
+    # groq's own host and key, never OPENAI_BASE_URL with the OpenAI key
+    assert str(llm._client.base_url) == "https://api.groq.com/openai/v1/"
+    assert llm._client.api_key == "gq-key"
     schema = {"type": "object", "properties": {}}  # Vapi's empty parameters, made valid
     # built-in tools are offered as functions too (voice.tools): endCall here
     end_call = "End the call. Use it when the conversation is over."

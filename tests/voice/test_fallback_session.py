@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from control.app import create_app
+from control.providers import OPERATOR_KEYS, ProviderKeys
 from media.twilio.caller import CallScript, place_call
 from tests.conftest import AssistantFactory, serve, settings_for
 from voice.assistant import Assistant
@@ -95,7 +96,7 @@ class Source:
         self.llm = ScriptedLlm(list(replies))
         self.greetings = GreetingCache()
 
-    def for_assistant(self, assistant: Assistant) -> Engines:
+    def for_assistant(self, assistant: Assistant, keys: ProviderKeys = OPERATOR_KEYS) -> Engines:
         return Engines(
             stt=self.stt,
             llm=self.llm,

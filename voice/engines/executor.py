@@ -3,23 +3,37 @@
 One small thread pool runs all CPU-heavy inference (Piper, Whisper, smart-turn) so a burst of
 calls queues instead of oversubscribing the cores; each ONNX session uses one thread because on
 small machines two intra-op threads per session are slower than one (measured, design §3).
+
+The pool's queue is bounded too (`voice.job_pool.BoundedExecutor`, which says what happens on
+overflow): a stock ThreadPoolExecutor queues without limit, so a flood of work (a tenant's long
+greeting, a stream sending minutes of audio at once, issue 9) grew memory and delayed every
+other call's inference behind it.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import onnxruntime as ort
 
 from voice.errors import ConfigError
+from voice.job_pool import MAX_PENDING_JOBS, BoundedExecutor, InferenceBusy
 
-__all__ = ["BACKGROUND_NICENESS", "background_priority", "inference_executor", "load_onnx_session"]
+__all__ = [
+    "BACKGROUND_NICENESS",
+    "MAX_PENDING_JOBS",
+    "BoundedExecutor",
+    "InferenceBusy",
+    "background_priority",
+    "inference_executor",
+    "load_onnx_session",
+]
 
 # How much lower than the event loop an inference worker thread runs (Linux nice steps).
 BACKGROUND_NICENESS = 10
+
 _lowered = threading.local()
 
 
@@ -45,9 +59,9 @@ def background_priority() -> None:
         pass  # not Linux, or not allowed: run at normal priority
 
 
-def inference_executor(max_workers: int = 2) -> ThreadPoolExecutor:
+def inference_executor(max_workers: int = 2) -> BoundedExecutor:
     """The bounded pool the engines share; size it to the cores left after the event loop."""
-    return ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ava-infer")
+    return BoundedExecutor(max_workers, thread_name_prefix="ava-infer")
 
 
 def load_onnx_session(path: Path, *, what: str) -> ort.InferenceSession:

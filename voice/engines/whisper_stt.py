@@ -25,13 +25,24 @@ from media.g711 import ulaw_to_float
 from voice.errors import ConfigError, ProviderError
 from voice.types import SAMPLE_RATE, Transcript
 
-__all__ = ["WhisperEngine", "WhisperStt", "WhisperSttStream", "is_hallucination"]
+__all__ = [
+    "MAX_QUEUED_FINALS",
+    "WhisperEngine",
+    "WhisperStt",
+    "WhisperSttStream",
+    "is_hallucination",
+]
 
 log = logging.getLogger("ava.whisper")
 
 _NAME = "faster-whisper"
 _FRAME = 160  # 20 ms at 8 kHz: the unit of the energy measurements
 _PAD_FRAMES = 10  # keep 200 ms around the voiced span: word edges are quieter than vowels
+# Finals waiting for Whisper, per call. Each takes ~0.3–1.5 s of CPU; four behind means the
+# caller's words would come back 2–6 s late, when the turn they belonged to has long timed out.
+# On overflow the oldest waiting final is superseded: dropped unread (`dropped_finals`), its
+# turn ends by the turn-taking timeout as for any STT that returns nothing.
+MAX_QUEUED_FINALS = 4
 # Whisper's training data (subtitles) makes it "hear" these in silence or faint noise.
 _HALLUCINATIONS = frozenset(
     {
@@ -155,7 +166,7 @@ class WhisperSttStream:
         self._since_interim = 0
         self._voiced_since_interim = False
         self._segment = 0
-        self._jobs: asyncio.Queue[_Utterance] = asyncio.Queue()
+        self._jobs: asyncio.Queue[_Utterance] = asyncio.Queue(MAX_QUEUED_FINALS)
         self._results: asyncio.Queue[Transcript | ProviderError | None] = asyncio.Queue(
             stt.queue_size
         )
@@ -166,6 +177,7 @@ class WhisperSttStream:
         self._closed = False
         self.dropped_samples = 0  # audio lost to the max_seconds bound
         self.dropped_interims = 0  # interims not queued because the consumer fell behind
+        self.dropped_finals = 0  # finals superseded while Whisper was MAX_QUEUED_FINALS behind
 
     async def send_audio(self, audio: bytes) -> None:
         if self._closed:
@@ -193,6 +205,10 @@ class WhisperSttStream:
         if self._closed:
             return
         # Returns at once; the final arrives on transcripts() in finalize order.
+        if self._jobs.full():
+            self._jobs.get_nowait()
+            self.dropped_finals += 1
+            log.warning("whisper is %d finals behind: the oldest is dropped", MAX_QUEUED_FINALS)
         self._jobs.put_nowait(
             _Utterance(bytes(self._pending), self._pending_offset, self._segment, self._reusable())
         )

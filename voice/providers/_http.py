@@ -4,21 +4,31 @@ The retry rule follows the usual 4xx/5xx split (livekit's `APIStatusError`, the 
 retry set): a 4xx means the request itself is wrong (bad key, bad model, bad input), so sending it
 again cannot help, except 408 (timeout), 409 (conflict) and 429 (rate limit); 5xx is the
 provider's problem and may pass.
+
+What a `ProviderError` says ends up in call records (`providerErrors`, `endedMessage`), which the
+tenant reads; the provider may be the tenant's own URL (custom-llm). So it carries the HTTP
+status or a fixed error kind (`voice.egress_http.error_kind`) only: never the remote body or an
+exception's text, which would describe whatever answered there. Those go to the log.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
 
+from voice.egress import EgressDenied
+from voice.egress_http import error_kind
 from voice.errors import ProviderError, ProviderTimeout
 
 __all__ = ["map_httpx_errors", "retryable_status", "status_error"]
 
+log = logging.getLogger("ava.providers")
+
 _RETRYABLE_4XX = frozenset({408, 409, 429})
-_DETAIL_CHARS = 300
+_DETAIL_CHARS = 300  # of the remote body, in the log only
 
 
 def retryable_status(status: int) -> bool:
@@ -26,9 +36,13 @@ def retryable_status(status: int) -> bool:
 
 
 def status_error(provider: str, stage: str, status: int, detail: str = "") -> ProviderError:
-    detail = " ".join(detail.split())[:_DETAIL_CHARS]
-    message = f"{stage}: HTTP {status}" + (f": {detail}" if detail else "")
-    return ProviderError(provider, message, retryable=retryable_status(status))
+    """The error for an HTTP `status` answer. `detail` (what the server said) is logged, not
+    put in the error."""
+    if detail:
+        log.warning(
+            "%s %s: HTTP %d: %s", provider, stage, status, " ".join(detail.split())[:_DETAIL_CHARS]
+        )
+    return ProviderError(provider, f"{stage}: HTTP {status}", retryable=retryable_status(status))
 
 
 @contextmanager
@@ -46,9 +60,12 @@ def map_httpx_errors(
     except (httpx.TimeoutException, TimeoutError) as exc:
         raise ProviderTimeout(provider, stage, timeout) from exc
     except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-        raise ProviderError(provider, f"{stage}: bad URL: {exc}", retryable=False) from exc
+        raise ProviderError(provider, f"{stage}: invalid-url", retryable=False) from exc
+    except EgressDenied as exc:
+        # the operator's egress policy refused the address: asking again cannot help
+        log.warning("%s %s: %s", provider, stage, exc)
+        raise ProviderError(provider, f"{stage}: {EgressDenied.kind}", retryable=False) from exc
     except httpx.TransportError as exc:
         # connect refused, reset, peer closed mid-body: the network or the server, not us
-        raise ProviderError(
-            provider, f"{stage}: {type(exc).__name__}: {exc}", retryable=True
-        ) from exc
+        log.warning("%s %s: %s: %s", provider, stage, type(exc).__name__, exc)
+        raise ProviderError(provider, f"{stage}: {error_kind(exc)}", retryable=True) from exc

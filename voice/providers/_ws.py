@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,6 +17,8 @@ from voice.errors import ProviderError, ProviderTimeout
 from voice.providers._http import status_error
 
 __all__ = ["close_code", "describe_close", "map_websocket_errors"]
+
+log = logging.getLogger("ava.providers")
 
 ABNORMAL_CLOSURE = 1006  # no close frame: the TCP connection just ended
 
@@ -57,12 +60,16 @@ def map_websocket_errors(
             provider, stage, exc.response.status_code, _rejection_detail(exc)
         ) from exc
     except InvalidURI as exc:
-        raise ProviderError(provider, f"{stage}: bad URL: {exc}", retryable=False) from exc
+        raise ProviderError(provider, f"{stage}: invalid-url", retryable=False) from exc
     except InvalidHandshake as exc:
-        raise ProviderError(provider, f"{stage}: handshake failed: {exc}", retryable=True) from exc
+        # its text may quote the server's headers: the log has it, the call record does not
+        log.warning("%s %s: handshake failed: %s", provider, stage, exc)
+        raise ProviderError(provider, f"{stage}: handshake failed", retryable=True) from exc
     except ConnectionClosed as exc:
         raise ProviderError(provider, f"{stage}: {describe_close(exc)}", retryable=True) from exc
     except TimeoutError as exc:  # before OSError: TimeoutError is one
         raise ProviderTimeout(provider, stage, timeout) from exc
     except OSError as exc:
-        raise ProviderError(provider, f"{stage}: {exc}", retryable=True) from exc
+        # "[Errno 111] Connect call failed ('10.0.0.5', 6379)" describes the operator's network
+        log.warning("%s %s: %s", provider, stage, exc)
+        raise ProviderError(provider, f"{stage}: connect-error", retryable=True) from exc

@@ -15,6 +15,7 @@ A shared client is the owner's to close; `aclose()` then leaves it open.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,11 +29,14 @@ from openai.types.chat import (
     ChatCompletionToolUnionParam,
 )
 
+from voice.egress_http import error_kind
 from voice.errors import ProviderError, ProviderProtocolError, ProviderTimeout
 from voice.providers._http import status_error
 from voice.types import ChatMessage, LlmDelta, ToolCall
 
 __all__ = ["OpenAiLlm"]
+
+log = logging.getLogger("ava.providers")
 
 
 @dataclass(slots=True)
@@ -194,12 +198,18 @@ class OpenAiLlm:
         except openai.APITimeoutError as exc:
             raise ProviderTimeout(self.name, stage, self.stall_timeout) from exc
         except openai.APIConnectionError as exc:
-            raise ProviderError(self.name, f"{stage}: {exc}", retryable=True) from exc
+            # egress-denied, connect-error, …: a fixed kind (a custom-llm URL is the tenant's)
+            kind = error_kind(exc.__cause__ or exc)
+            raise ProviderError(
+                self.name, f"{stage}: {kind}", retryable=kind != "egress-denied"
+            ) from exc
         except openai.APIError as exc:
-            # an `{"error": …}` event inside the stream: the provider failed mid-answer
-            raise ProviderError(self.name, f"{stage}: {exc.message}", retryable=True) from exc
+            # an `{"error": …}` event inside the stream: the provider failed mid-answer. Its
+            # text is the remote's: logged, not recorded.
+            log.warning("%s %s: error event: %s", self.name, stage, exc.message)
+            raise ProviderError(self.name, f"{stage}: error event", retryable=True) from exc
         except TimeoutError as exc:
             raise ProviderTimeout(self.name, stage, seconds) from exc
         except ValueError as exc:
             # the SSE `data:` was not JSON
-            raise ProviderProtocolError(self.name, f"{stage}: undecodable event: {exc}") from exc
+            raise ProviderProtocolError(self.name, f"{stage}: undecodable event") from exc
