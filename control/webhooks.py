@@ -79,6 +79,7 @@ from urllib.parse import urlsplit
 import httpx
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from control.egress import egress_policy
 from control.settings import Settings
 from storage.deliveries import ClaimedDelivery, DeliveryStatus, DeliveryStore, NewDelivery
 from storage.errors import StorageError
@@ -246,7 +247,7 @@ class WebhookSender:
         """The sender the app runs: the operator's egress policy, attempts and breaker."""
         return cls(
             deliveries,
-            policy=EgressPolicy.from_setting(settings.egress_allow, dev_mode=settings.dev_mode),
+            policy=egress_policy(settings),
             max_attempts=settings.webhook_max_attempts,
             breaker_failures=settings.webhook_breaker_failures,
             breaker_seconds=settings.webhook_breaker_seconds,

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, or_, select, update
+from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.cursors import decode_cursor, encode_cursor
+from storage.cursors import encode_cursor, newest_first
 from storage.tables import (
     CALL_STATUSES,
     CALL_TYPES,
@@ -225,12 +225,7 @@ class CallStore:
             query = query.where(CallRow.created_at > created_after)
         if created_before is not None:
             query = query.where(CallRow.created_at < created_before)
-        if cursor is not None:
-            at, last_id = decode_cursor(cursor)
-            query = query.where(
-                or_(CallRow.created_at < at, and_(CallRow.created_at == at, CallRow.id < last_id))
-            )
-        query = query.order_by(CallRow.created_at.desc(), CallRow.id.desc()).limit(limit + 1)
+        query = newest_first(query, CallRow.created_at, CallRow.id, cursor, limit)
         async with self._sessions() as session:
             rows = list((await session.scalars(query)).all())
             more = len(rows) > limit

@@ -1,12 +1,18 @@
-"""Opaque page cursors for lists ordered by (created_at, id), newest first."""
+"""Keyset paging for lists ordered by (created_at, id), newest first, with opaque cursors."""
 
 from __future__ import annotations
 
 import base64
 import json
 from datetime import datetime
+from typing import TypeVar
 
-__all__ = ["decode_cursor", "encode_cursor"]
+from sqlalchemy import Select, and_, or_
+from sqlalchemy.orm import InstrumentedAttribute
+
+__all__ = ["decode_cursor", "encode_cursor", "newest_first"]
+
+T = TypeVar("T")
 
 
 def encode_cursor(created_at: datetime, row_id: str) -> str:
@@ -25,3 +31,18 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     if parsed.tzinfo is None or not isinstance(last_id, str):
         raise ValueError("invalid cursor")
     return parsed, last_id
+
+
+def newest_first(
+    query: Select[T],
+    created_at: InstrumentedAttribute[datetime],
+    row_id: InstrumentedAttribute[str],
+    cursor: str | None,
+    limit: int,
+) -> Select[T]:
+    """`query` ordered newest first, after `cursor`'s row, one row past `limit` (so the caller
+    sees whether there is a next page). ValueError for a cursor not given out here."""
+    if cursor is not None:
+        at, last_id = decode_cursor(cursor)
+        query = query.where(or_(created_at < at, and_(created_at == at, row_id < last_id)))
+    return query.order_by(created_at.desc(), row_id.desc()).limit(limit + 1)

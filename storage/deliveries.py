@@ -28,7 +28,7 @@ from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.crypto import SecretBox
-from storage.cursors import decode_cursor, encode_cursor
+from storage.cursors import encode_cursor, newest_first
 from storage.errors import Conflict
 from storage.tables import WebhookDeliveryRow, utcnow
 
@@ -302,12 +302,7 @@ class DeliveryStore:
             query = query.where(_Row.call_id == call_id)
         if type is not None:
             query = query.where(_Row.type == type)
-        if cursor is not None:
-            at, last_id = decode_cursor(cursor)
-            query = query.where(
-                or_(_Row.created_at < at, and_(_Row.created_at == at, _Row.id < last_id))
-            )
-        query = query.order_by(_Row.created_at.desc(), _Row.id.desc()).limit(limit + 1)
+        query = newest_first(query, _Row.created_at, _Row.id, cursor, limit)
         async with self._sessions() as session:
             rows = list((await session.scalars(query)).all())
         more = len(rows) > limit
