@@ -1,4 +1,4 @@
-"""`python -m benchmarks latency|capacity|compare …`, the same as `ava bench …`.
+"""`python -m benchmarks latency|capacity|compare|turns …`, the same as `ava bench …`.
 
 Each command writes JSON, a markdown table and PNG plots into `--out` and prints the table;
 a `rich` progress bar shows finished calls while it runs.
@@ -49,7 +49,21 @@ def build_parser(prog: str = "ava bench") -> argparse.ArgumentParser:
     )
     capacity.add_argument("--max-calls", type=int, default=None, help="stop after this N")
     capacity.add_argument("--time-cap", type=float, default=None, help="seconds; then stop")
+    capacity.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="run every step even after one breaks a service budget (to measure CPU at each N)",
+    )
     capacity.add_argument("--profile", choices=("fakes", "offline"), default="fakes")
+    capacity.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="server processes behind nginx (docker/nginx.conf), sharing Redis (default: 1)",
+    )
+    capacity.add_argument(
+        "--redis-url", default="redis://127.0.0.1:6379/0", help="the nodes' Redis (--nodes > 1)"
+    )
     common(capacity, "capacity")
 
     compare = sub.add_parser("compare", help="side by side with a peer framework")
@@ -57,6 +71,18 @@ def build_parser(prog: str = "ava bench") -> argparse.ArgumentParser:
     compare.add_argument("--calls", type=int, default=5, help="latency calls, one at a time")
     compare.add_argument("--load", type=int, default=10, help="calls at once, for CPU and RSS")
     common(compare, "compare")
+
+    turns = sub.add_parser(
+        "turns", help="turn-taking: mid-sentence pauses, backchannels, noise, interruptions"
+    )
+    turns.add_argument("--trials", type=int, default=10, help="calls, each one of every step")
+    turns.add_argument(
+        "--peer", choices=("pipecat",), default=None, help="the same trials against a peer too"
+    )
+    turns.add_argument("--out", type=Path, default=Path("bench-results") / "turns")
+    turns.add_argument(
+        "--no-pin", action="store_true", help="do not pin the server to its own core"
+    )
     return parser
 
 
@@ -129,7 +155,10 @@ def _capacity(args: argparse.Namespace, command: str) -> int:
                 barge_in_after=args.barge_in,
                 pin=not args.no_pin,
                 time_cap=args.time_cap,
+                keep_going=args.keep_going,
                 on_step=on_step,
+                nodes=args.nodes,
+                redis_url=args.redis_url,
             )
         )
     capacity_plot(data, args.out / "capacity.png")
@@ -160,11 +189,35 @@ def _compare(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
+def _turns(args: argparse.Namespace, command: str) -> int:
+    from benchmarks.turns import render_turns, run_turns
+
+    sides = 2 if args.peer else 1
+    with _progress("turn trials", sides * args.trials) as update:
+        data = asyncio.run(
+            run_turns(
+                trials=args.trials,
+                command=command,
+                out_dir=args.out,
+                peer=args.peer,
+                pin=not args.no_pin,
+                on_done=update,
+            )
+        )
+    print(render_turns(data))  # noqa: T201 - the report is the output
+    return 0
+
+
 def main(argv: list[str] | None = None, prog: str = "ava bench") -> int:
     args = build_parser(prog).parse_args(argv)
     command = "ava bench " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
-    commands = {"latency": _latency, "capacity": _capacity, "compare": _compare}
+    commands = {
+        "latency": _latency,
+        "capacity": _capacity,
+        "compare": _compare,
+        "turns": _turns,
+    }
     return commands[args.bench](args, command)
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "Segment",
     "measure_call",
     "outbound_gaps",
+    "played_frames",
     "speech_segments",
 ]
 
@@ -68,7 +69,7 @@ def speech_segments(voiced_times: Sequence[float], join: float = SPEECH_JOIN) ->
     return segments
 
 
-def _played_frames(played: Sequence[tuple[float, bytes]]) -> list[tuple[float, float, bool]]:
+def played_frames(played: Sequence[tuple[float, bytes]]) -> list[tuple[float, float, bool]]:
     """(start, end, voiced) of every 20 ms frame the phone played (the last may be shorter)."""
     frames: list[tuple[float, float, bool]] = []
     for start, audio in played:
@@ -109,7 +110,7 @@ def measure_call(trace: CallTrace) -> CallMeasures:
     v2v: list[float] = []
     unanswered = 0
     barge_ins: list[BargeInMeasure] = []
-    played = _played_frames(trace.played)
+    played = played_frames(trace.played)
     for i, segment in enumerate(caller):
         next_start = caller[i + 1].start if i + 1 < len(caller) else float("inf")
         k = bisect.bisect_right(voiced_rx, segment.end)

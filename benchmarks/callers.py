@@ -16,7 +16,7 @@ import json
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,15 @@ import httpx
 from benchmarks.analysis import measure_call
 from media.twilio.caller import CallScript, place_call
 
-__all__ = ["CallResult", "CallerJob", "CallerRun", "run_callers", "run_job"]
+__all__ = [
+    "CallResult",
+    "CallerJob",
+    "CallerRun",
+    "caller_main",
+    "run_caller_process",
+    "run_callers",
+    "run_job",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +137,24 @@ async def run_callers(
     on_done: Callable[[int], None] | None = None,
 ) -> CallerRun:
     """Run `job` in a caller process (pinned to `cpu` if given) and collect its results."""
-    job_file, out_file = work_dir / "caller-job.json", work_dir / "caller-out.json"
-    await asyncio.to_thread(job_file.write_text, json.dumps(asdict(job)))
-    command = [sys.executable, "-m", "benchmarks.callers", str(job_file), str(out_file)]
+    data = await run_caller_process("benchmarks.callers", asdict(job), work_dir, cpu, on_done)
+    results = [CallResult(**call) for call in data["calls"]]
+    return CallerRun(results, float(data["cpuSeconds"]))
+
+
+async def run_caller_process(
+    module: str,
+    job: dict[str, Any],
+    work_dir: Path,
+    cpu: int | None = None,
+    on_done: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """`python -m <module> JOB.json OUT.json` (a `caller_main` program) pinned to `cpu`; its
+    output. Its `done <n>` lines drive `on_done`; its stderr goes to callers.log."""
+    name = module.rsplit(".", 1)[-1]
+    job_file, out_file = work_dir / f"{name}-job.json", work_dir / f"{name}-out.json"
+    await asyncio.to_thread(job_file.write_text, json.dumps(job))
+    command = [sys.executable, "-m", module, str(job_file), str(out_file)]
     if cpu is not None:
         command = ["taskset", "-c", str(cpu), *command]
     with (work_dir / "callers.log").open("ab") as log:
@@ -150,9 +173,8 @@ async def run_callers(
                 await process.wait()
     if process.returncode != 0:
         raise RuntimeError(f"caller process failed ({process.returncode}); see callers.log")
-    data = json.loads(await asyncio.to_thread(out_file.read_text))
-    results = [CallResult(**call) for call in data["calls"]]
-    return CallerRun(results, float(data["cpuSeconds"]))
+    data: dict[str, Any] = json.loads(await asyncio.to_thread(out_file.read_text))
+    return data
 
 
 def _cpu_seconds() -> float:
@@ -160,9 +182,14 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def main(argv: list[str]) -> int:
+def caller_main(
+    argv: list[str],
+    work: Callable[[dict[str, Any], Callable[[int], None]], Coroutine[Any, Any, list[Any]]],
+) -> int:
+    """A caller process's `main`: JOB.json in, `{"calls": […], "cpuSeconds": …}` out, a
+    `done <n>` line per finished call on stdout, on uvloop when it is installed."""
     job_path, out_path = Path(argv[0]), Path(argv[1])
-    job = CallerJob.from_json(json.loads(job_path.read_text()))
+    job = json.loads(job_path.read_text())
 
     def done(count: int) -> None:
         print(f"done {count}", flush=True)  # noqa: T201 - the parent reads this
@@ -170,12 +197,19 @@ def main(argv: list[str]) -> int:
     try:
         import uvloop  # the callers must be cheap; uvloop halves the loop's own cost
 
-        results = uvloop.run(run_job(job, done))
+        calls = uvloop.run(work(job, done))
     except ImportError:
-        results = asyncio.run(run_job(job, done))
-    out = {"calls": [asdict(r) for r in results], "cpuSeconds": _cpu_seconds()}
-    out_path.write_text(json.dumps(out))
+        calls = asyncio.run(work(job, done))
+    out_path.write_text(json.dumps({"calls": calls, "cpuSeconds": _cpu_seconds()}))
     return 0
+
+
+async def _run(job: dict[str, Any], done: Callable[[int], None]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in await run_job(CallerJob.from_json(job), done)]
+
+
+def main(argv: list[str]) -> int:
+    return caller_main(argv, _run)
 
 
 if __name__ == "__main__":

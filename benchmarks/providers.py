@@ -4,6 +4,12 @@
 loopback and prints one JSON line with their base URLs; it runs until its stdin closes (the parent
 went away) or SIGTERM. The parent side is `run_providers()`. A process of their own keeps their
 CPU out of both the server's and the callers' numbers.
+
+The fake LLM answers as a support desk would (`support_desk_reply`: first clauses of 8+ words,
+streamed in sub-word tokens), not "You said: …", whose two-token first clause would hide what
+clause chunking costs. With `llm_log` every chat request is appended to a JSON-lines file (wall
+time, the caller's last words, the reply given): the turn-taking benchmark reads when the LLM was
+asked from it, for AVA and for a peer alike.
 """
 
 from __future__ import annotations
@@ -14,26 +20,58 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
 from benchmarks.fakes.deepgram import DeepgramFake, DeepgramFakeConfig
 from benchmarks.fakes.elevenlabs import ElevenLabsFake, ElevenLabsFakeConfig
-from benchmarks.fakes.openai import OpenAiFake, OpenAiFakeConfig
+from benchmarks.fakes.openai import (
+    OpenAiFake,
+    OpenAiFakeConfig,
+    Reply,
+    echo_reply,
+    support_desk_reply,
+)
 from benchmarks.fakes.server import serve, ws_url
 from benchmarks.server import ProcessUsage, process_usage
 from media.g711 import ulaw_to_float
 
-__all__ = ["API_KEY", "LATENCIES", "ProviderUrls", "cloud_assistant", "run_providers"]
+__all__ = [
+    "API_KEY",
+    "LATENCIES",
+    "ProviderUrls",
+    "SttScript",
+    "cloud_assistant",
+    "read_llm_log",
+    "run_providers",
+    "spoken_seconds",
+]
 
 API_KEY = "bench-key"
-# The default profile (issue 5): STT final 150 ms after end of speech, LLM first token 300 ms
-# then 40 tokens/s, TTS first byte 150 ms.
-LATENCIES = {"stt_final": 0.15, "llm_first_token": 0.3, "llm_tokens_per_second": 40.0, "tts": 0.15}
+# The cloud profile (issues 5 and 10): STT final 150 ms after end of speech, LLM first token
+# 300 ms then 50 tokens/s, TTS first byte 150 ms.
+LATENCIES = {"stt_final": 0.15, "llm_first_token": 0.3, "llm_tokens_per_second": 50.0, "tts": 0.15}
+REPLIES = {"support": support_desk_reply, "echo": echo_reply}
+
+
+@dataclass(frozen=True, slots=True)
+class SttScript:
+    """What the STT fake hears the callers say, line by line (each call walks it from the top).
+
+    `seconds`: each line's spoken length; `word_times`: for each line, the voiced seconds by which
+    each word is heard (see `DeepgramFakeConfig`); `utterance_gap`: silence that separates lines."""
+
+    lines: list[str]
+    seconds: list[float] | None = None
+    word_times: list[list[float]] | None = None
+    utterance_gap: float = 0.5
+
+
 GREETING = "Hello, this is Ava. How can I help you today?"
 
 
@@ -87,23 +125,49 @@ def spoken_seconds(ulaw: bytes, threshold: float = DeepgramFakeConfig.speech_rms
     return 0.0 if not len(voiced) else (int(voiced[-1]) + 1 - int(voiced[0])) * 0.02
 
 
-async def _serve(script: list[str], seconds: list[float] | None) -> None:
+def _logged(
+    reply: Callable[[list[dict[str, Any]]], Reply], log: TextIO
+) -> Callable[[list[dict[str, Any]]], Reply]:
+    def answer(messages: list[dict[str, Any]]) -> Reply:
+        given = reply(messages)
+        user: dict[str, Any] = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+        text = given if isinstance(given, str) else None
+        entry = {"t": time.time(), "user": user.get("content"), "reply": text}
+        log.write(json.dumps(entry) + "\n")
+        log.flush()  # the parent reads it while this process still runs
+        return given
+
+    return answer
+
+
+def read_llm_log(path: Path) -> list[dict[str, Any]]:
+    """The chat requests the fake LLM received: `t` (time.time()), `user`, `reply`."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+async def _serve(spec: dict[str, Any], log: TextIO | None) -> None:
     deepgram = DeepgramFake(
         DeepgramFakeConfig(
             api_key=API_KEY,
-            script=script,
+            script=spec["script"],
             final_delay=LATENCIES["stt_final"],
             script_per_connection=True,
-            utterance_gap=0.5,
-            script_seconds=seconds,
+            utterance_gap=spec.get("utteranceGap", 0.5),
+            script_seconds=spec.get("seconds"),
+            script_word_times=spec.get("wordTimes"),
             idle_timeout=60.0,
         )
     )
+    reply = REPLIES[spec.get("reply", "support")]
     chat = OpenAiFake(
         OpenAiFakeConfig(
             api_key=API_KEY,
+            reply=reply if log is None else _logged(reply, log),
             first_token_latency=LATENCIES["llm_first_token"],
             tokens_per_second=LATENCIES["llm_tokens_per_second"],
+            tokens="subwords",
         )
     )
     eleven = ElevenLabsFake(
@@ -132,25 +196,39 @@ def _forget(deepgram: DeepgramFake, chat: OpenAiFake, eleven: ElevenLabsFake) ->
     """Drop the fakes' request records (kept for tests) so memory stays flat over a sweep."""
     del deepgram.connections[:-16]
     del chat.chat_requests[:-16], chat.speech_requests[:-16], chat.speech_bytes_sent[:-16]
+    del chat.chat_request_times[:-16], chat.replies[:-16]
     del eleven.messages[:-64], eleven.contexts[:-64], eleven.query[:-16]
 
 
 @contextlib.asynccontextmanager
 async def run_providers(
-    script: Sequence[str],
+    script: Sequence[str] | SttScript,
     *,
     work_dir: Path,
     cpu: int | None = None,
     utterance_files: Sequence[str] = (),
+    llm_log: Path | None = None,
+    reply: str = "support",
 ) -> AsyncIterator[ProviderUrls]:
     """Start the fakes process (pinned to `cpu` if given); yields their URLs.
 
     `utterance_files` (the script said as μ-law) let the STT fake split a sentence's words
-    across the finals its pauses produce."""
+    across the finals its pauses produce (an `SttScript` says it all itself). `reply`:
+    "support" (the benchmarks' default) or "echo"."""
+    if reply not in REPLIES:
+        raise ValueError(f"unknown reply style {reply!r}; choose one of {sorted(REPLIES)}")
     script_file = work_dir / "stt-script.json"
-    audio = [await asyncio.to_thread(Path(f).read_bytes) for f in utterance_files]
-    seconds = [spoken_seconds(a) for a in audio] or None
-    spec = {"script": list(script), "seconds": seconds}
+    if not isinstance(script, SttScript):
+        audio = [await asyncio.to_thread(Path(f).read_bytes) for f in utterance_files]
+        script = SttScript(list(script), [spoken_seconds(a) for a in audio] or None)
+    spec = {
+        "script": script.lines,
+        "seconds": script.seconds,
+        "wordTimes": script.word_times,
+        "utteranceGap": script.utterance_gap,
+        "llmLog": str(llm_log) if llm_log else None,
+        "reply": reply,
+    }
     await asyncio.to_thread(script_file.write_text, json.dumps(spec))
     command = [sys.executable, "-m", "benchmarks.providers", str(script_file)]
     if cpu is not None:
@@ -182,12 +260,14 @@ async def run_providers(
 
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
-    try:
-        import uvloop
+    with contextlib.ExitStack() as files:
+        log = files.enter_context(open(spec["llmLog"], "a")) if spec.get("llmLog") else None
+        try:
+            import uvloop
 
-        uvloop.run(_serve(spec["script"], spec["seconds"]))
-    except ImportError:
-        asyncio.run(_serve(spec["script"], spec["seconds"]))
+            uvloop.run(_serve(spec, log))
+        except ImportError:
+            asyncio.run(_serve(spec, log))
     return 0
 
 

@@ -11,19 +11,31 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 
+from control.call_costs import PricedEvents
 from control.call_slots import call_slots_for
 from control.calls import CallManager
+from control.email_summaries import email_summaries, running_emails
 from control.engines import EngineHub, EngineSource
 from control.errors import install_error_handlers
+from control.listen import bind_listen, running_listen
+from control.listen import router as listen_router
+from control.live_control import running_control
 from control.metrics import Metrics
 from control.middleware import install_operations
+from control.orphans import running_node
+from control.post_call import post_call_analyzer, running_analysis
+from control.recordings import open_recordings
+from control.recordings import router as recordings_router
 from control.routes import api_router
+from control.routes.org import router as org_router
+from control.scheduling import running_scheduler
 from control.settings import Settings
 from control.sinks import FanOut
 from control.state import AppState
 from control.stores import Stores, open_stores
 from control.twilio_routes import router as twilio_router
 from control.twilio_status import router as twilio_status_router
+from control.voicemail import router as voicemail_router
 from control.webhooks import WebhookSender, running_webhooks
 from control.webrtc_routes import install_webrtc
 from storage import CallRecorder, NotMigrated, display_url
@@ -40,6 +52,7 @@ _FLUSH_SECONDS = 10.0
 def create_app(settings: Settings, *, engines: EngineSource | None = None) -> FastAPI:
     """`engines` may be passed in (tests share one set across apps); otherwise loaded here."""
     assistant = load_assistant(settings.assistant_file)
+    prices = settings.price_table()  # built once; each call's costs are priced with it
     # Outside the lifespan so the server's signal handler can drain calls before uvicorn
     # closes their websockets (control/server.py).
     calls = CallManager(settings.max_calls)
@@ -57,12 +70,39 @@ def create_app(settings: Settings, *, engines: EngineSource | None = None) -> Fa
         try:
             # Webhooks pending from a previous run are claimed and sent as soon as this starts.
             sender = WebhookSender.from_settings(settings, stores.deliveries)
-            async with _recording(stores) as recorder, running_webhooks(sender) as webhooks:
+            async with (
+                running_node(settings, stores) as nodes,
+                running_control(settings, nodes.node_id, calls) as live_control,
+                # After the orphan sweep: spooled recordings of its calls are kept at startup.
+                open_recordings(settings, stores, metrics) as recordings,
+                running_listen(settings, nodes.node_id) as listen,
+                _recording(stores, nodes.node_id) as recorder,
+                running_webhooks(sender) as webhooks,
+                # Outside the analysis: at shutdown its release hands the last mails their summary.
+                running_emails(
+                    email_summaries(settings, stores, calls.live, recorder, metrics)
+                ) as emails,
+                # Inside the sender: at shutdown the last reports are released before it stops.
+                running_analysis(
+                    post_call_analyzer(settings, stores, calls.live, recorder, metrics)
+                ) as analyzer,
+            ):
                 app.state.webhooks = webhooks  # the media route registers each call's server
+                app.state.live_control = live_control  # POST /call/{id}/control, any node
+                app.state.node_id = nodes.node_id  # what the calls this node places carry
+                webhooks.hold_reports = analyzer.hold  # end-of-call-reports wait for analysis
+                emails.hold_analysis = analyzer.hold  # so do e-mail summaries (notificationPlan)
+                app.state.analysis = analyzer
+                app.state.recordings = recordings  # call recordings (control/recordings.py)
+                app.state.listen = listen  # live listening (control/listen.py)
+                bind_listen(recordings, listen)  # calls are tapped where they are recorded
                 hub: EngineSource = (
                     engines if engines is not None else await EngineHub.load_async(settings)
                 )
-                sink = FanOut(calls, recorder, metrics, webhooks)
+                # Priced in front of every listener: the report and the record get the same costs.
+                sink = PricedEvents(
+                    FanOut(calls, recorder, metrics, analyzer, emails, webhooks), prices, calls.live
+                )
                 state = AppState(settings, hub, calls, assistant, stores, sink)
                 async with _serving(app, state, owns_engines=engines is None):
                     yield
@@ -71,6 +111,9 @@ def create_app(settings: Settings, *, engines: EngineSource | None = None) -> Fa
             if app.state.limiter is not None:
                 await app.state.limiter.aclose()
             await app.state.call_slots.aclose()
+            held = getattr(app.state, "held_assistants", None)
+            if held is not None:
+                await held.aclose()
 
     @asynccontextmanager
     async def _serving(app: FastAPI, state: AppState, owns_engines: bool) -> AsyncIterator[None]:
@@ -86,7 +129,11 @@ def create_app(settings: Settings, *, engines: EngineSource | None = None) -> Fa
         state.ready = True
         log.info("serving assistant %r from %s", assistant.name, settings.assistant_file)
         try:
-            yield
+            # Scheduled and batch calls (POST /call) are placed by every serving node.
+            node_id = app.state.node_id
+            async with running_scheduler(state, app.state.call_slots, node_id) as sched:
+                app.state.scheduler = sched
+                yield
         finally:
             state.ready = False
             await state.calls.drain(settings.drain_seconds)
@@ -104,7 +151,11 @@ def create_app(settings: Settings, *, engines: EngineSource | None = None) -> Fa
     install_operations(app, settings, metrics)
     app.include_router(twilio_router)
     app.include_router(twilio_status_router)
+    app.include_router(voicemail_router)  # Twilio's answering-machine detection results
     app.include_router(api_router)
+    app.include_router(recordings_router)
+    app.include_router(org_router)  # GET/PATCH /org: the tenant's own settings
+    app.include_router(listen_router)  # monitor.listenUrl: /call/{id}/listen, any node
     install_webrtc(app, settings)  # /webrtc/*, the page at /web/
 
     @app.get("/livez")
@@ -132,13 +183,11 @@ def create_app(settings: Settings, *, engines: EngineSource | None = None) -> Fa
 
 
 @asynccontextmanager
-async def _recording(stores: Stores) -> AsyncIterator[CallRecorder]:
-    """The call recorder's writer task, for the app's lifetime; flushed before it stops."""
-    closed = await stores.calls.close_orphaned_calls(None)
-    if closed:
-        log.warning("closed %d calls left in progress by a previous process", closed)
-    log.info("call records in %s", display_url(stores.engine.url))
-    recorder = CallRecorder(stores.calls)
+async def _recording(stores: Stores, node_id: str) -> AsyncIterator[CallRecorder]:
+    """The call recorder's writer task, for the app's lifetime; flushed before it stops.
+    Every call it records carries `node_id`, so only a dead node's calls are ever orphans."""
+    log.info("call records in %s (node %s)", display_url(stores.engine.url), node_id)
+    recorder = CallRecorder(stores.calls, node_id=node_id)
     writer = asyncio.create_task(recorder.run(), name="ava-call-recorder")
     try:
         yield recorder

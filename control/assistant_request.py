@@ -5,11 +5,14 @@ while the server decides, exactly once. Asking later, at the media stream's `sta
 the wait after the call is answered (dead air) and still need the voice webhook first. The
 answer becomes TwiML at once:
 
-- `{assistant}` (transient) → `<Connect><Stream>`; the assistant waits in `PendingAssistants`
-  (keyed by tenant and call id, bounded, as long as the stream token lives) for the media
-  stream, which must reach this process (the token names it with `pending`);
+- `{assistant}` (transient) → `<Connect><Stream>`; the assistant waits in `HeldAssistants`
+  (keyed by tenant and call id, bounded, as long as the stream token lives; with Redis, sealed
+  and shared by every node) for the media stream (the token names it with `pending`);
 - `{assistantId}` (one of the number's tenant's assistants) → `<Connect><Stream>` as for a
   number with that assistant;
+- either with `assistantOverrides` → the overrides deep-merged onto it (`voice.variables`),
+  validated like an assistant, and the effective assistant goes on as a transient one (an
+  invalid result refuses the call, its reason naming the field);
 - `{destination: {number}}` → `<Dial>`; `{error}` → `<Say>` the error, `<Hangup>`;
 - no answer within `assistant_request_timeout_seconds` (Vapi: 7.5 s), a non-2xx, a body that is
   not JSON, an invalid assistant → an apology, `<Hangup>`.
@@ -23,6 +26,7 @@ retries), signed like every webhook (`voice.server_messages`).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -31,12 +35,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from control.egress import egress_policy
 from control.state import AppState
 from media.twilio.twiml import dial, say_and_hangup
 from storage import PhoneNumberRecord
-from voice.assistant import Assistant
+from storage.redis_assistants import RedisAssistants, SharedStoreUnavailable
+from voice.assistant import Assistant, with_overrides
 from voice.egress import EgressDenied, EgressPolicy
 from voice.egress_http import error_kind, guarded_client, post_capped
 from voice.server_messages import (
@@ -53,6 +59,7 @@ from voice.types import EndedReason
 __all__ = [
     "FAILED_SAY",
     "MAX_ANSWER_BYTES",
+    "HeldAssistants",
     "PendingAssistants",
     "Routed",
     "ask_for_assistant",
@@ -104,6 +111,41 @@ class PendingAssistants:
             self._items.popitem(last=False)
 
 
+class HeldAssistants:
+    """Where a transient assistant waits for its media stream: with Redis, every node's store
+    (`shared`: sealed, single use, the stream token's lifetime), so the stream may land on any
+    node behind the balancer; without it (or while Redis is down), this process (`local`), and
+    a stream that lands on another node then ends with a server error (logged)."""
+
+    def __init__(self, local: PendingAssistants, shared: RedisAssistants | None) -> None:
+        self.local = local
+        self.shared = shared
+
+    async def put(self, tenant_id: str, call_id: str, assistant: Assistant) -> None:
+        if self.shared is not None:
+            try:
+                await self.shared.put(tenant_id, call_id, assistant)
+                return
+            except SharedStoreUnavailable as exc:
+                log.error("call %s: transient assistant held on this node only: %s", call_id, exc)
+        self.local.put(tenant_id, call_id, assistant)
+
+    async def take(self, tenant_id: str, call_id: str) -> Assistant | None:
+        here = self.local.take(tenant_id, call_id)
+        if self.shared is None or here is not None:
+            return here
+        try:
+            there = await self.shared.take(tenant_id, call_id)
+        except SharedStoreUnavailable as exc:
+            log.error("call %s: shared transient assistants unavailable: %s", call_id, exc)
+            there = None
+        return there
+
+    async def aclose(self) -> None:
+        if self.shared is not None:
+            await self.shared.aclose()
+
+
 async def request_assistant(
     target: ServerTarget,
     message: dict[str, Any],
@@ -120,6 +162,24 @@ async def request_assistant(
     None: the strict default) allows, within `seconds` end to end, its answer read up to
     `max_bytes`. A failure is recorded as an HTTP status or a fixed error kind, never with the
     server's body or the exception's text. `transport` replaces the network (tests)."""
+    answer, _ = await _request(
+        target, message, seconds=seconds, policy=policy, max_bytes=max_bytes, wall=wall,
+        transport=transport,
+    )  # fmt: skip
+    return answer
+
+
+async def _request(
+    target: ServerTarget,
+    message: dict[str, Any],
+    *,
+    seconds: float,
+    policy: EgressPolicy | None,
+    max_bytes: int,
+    wall: Callable[[], float],
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> tuple[AssistantAnswer, object]:
+    """`request_assistant`'s answer and the answer's `assistantOverrides` (None: none)."""
     body = encode(message)
     headers = target.request_headers(body, int(wall()))
     failed = EndedReason.ASSISTANT_REQUEST_FAILED
@@ -133,14 +193,35 @@ async def request_assistant(
                 timeout_seconds=seconds,
             )  # fmt: skip
     except TimeoutError:
-        return AssistantAnswer.failed(failed, f"no answer within {seconds:g}s")
+        return AssistantAnswer.failed(failed, f"no answer within {seconds:g}s"), None
     except (httpx.HTTPError, httpx.InvalidURL, EgressDenied) as exc:
         kind = error_kind(exc)
         log.info("assistant-request to the number's server failed: %s: %s", kind, exc)
-        return AssistantAnswer.failed(failed, f"the request failed: {kind}")
+        return AssistantAnswer.failed(failed, f"the request failed: {kind}"), None
     if 300 <= status < 400:
-        return AssistantAnswer.failed(failed, f"the server answered HTTP {status} (redirect)")
-    return parse_assistant_answer(status, answer)
+        return AssistantAnswer.failed(failed, f"the server answered HTTP {status} (redirect)"), None
+    parsed = parse_assistant_answer(status, answer)
+    overrides = None
+    if parsed.assistant is not None or parsed.assistant_id is not None:
+        # parse_assistant_answer read it as a JSON object already
+        overrides = json.loads(answer).get("assistantOverrides")
+    return parsed, overrides
+
+
+def _overridden(base: dict[str, Any], overrides: object) -> Assistant | AssistantAnswer:
+    """The effective assistant of an answer with `assistantOverrides`, or the failure that
+    names the field that makes it invalid."""
+    invalid = EndedReason.ASSISTANT_REQUEST_RETURNED_INVALID_ASSISTANT
+    if not isinstance(overrides, dict):
+        return AssistantAnswer.failed(invalid, "assistantOverrides must be an object")
+    try:
+        return with_overrides(base, overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return AssistantAnswer.failed(invalid, f"assistantOverrides.{where}: {first['msg']}")
+    except ValueError as exc:
+        return AssistantAnswer.failed(invalid, f"assistantOverrides.{exc}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +237,7 @@ async def ask_for_assistant(
     state: AppState,
     number: PhoneNumberRecord,
     form: dict[str, str],
-    pending: PendingAssistants,
+    pending: HeldAssistants,
     call_id: str,
 ) -> Routed:
     """Route an inbound call on `number` (which has no assistant) by asking its server; the
@@ -188,24 +269,38 @@ async def ask_for_assistant(
         phoneNumber=phone,
         customer=customer,
     )
-    answer = await request_assistant(
+    answer, overrides = await _request(
         target, message, seconds=settings.assistant_request_timeout_seconds,
         policy=egress_policy(settings),
-        max_bytes=min(MAX_ANSWER_BYTES, settings.max_response_bytes),
+        max_bytes=min(MAX_ANSWER_BYTES, settings.max_response_bytes), wall=time.time,
     )  # fmt: skip
     claims: dict[str, str] = {"tenant_id": number.tenant_id, "phone_number_id": number.id}
     if answer.assistant is not None:
-        pending.put(number.tenant_id, call_id, answer.assistant)
-        return Routed(claims=claims | {"pending": "1", "assistant_id": ""})
+        effective: Assistant | AssistantAnswer = answer.assistant
+        if overrides is not None:
+            effective = _overridden(answer.assistant.to_json(), overrides)
+        if isinstance(effective, Assistant):
+            await pending.put(number.tenant_id, call_id, effective)
+            return Routed(claims=claims | {"pending": "1", "assistant_id": ""})
+        answer = effective
     assistant_id = answer.assistant_id
     if assistant_id is not None:
-        if await state.stores.assistants.get(number.tenant_id, assistant_id) is None:
+        record = await state.stores.assistants.get(number.tenant_id, assistant_id)
+        if record is None:
             answer = AssistantAnswer.failed(
                 EndedReason.ASSISTANT_REQUEST_RETURNED_INVALID_ASSISTANT,
                 f"assistant {assistant_id} not found",
             )
-        else:
+        elif overrides is None:
             return Routed(claims=claims | {"assistant_id": assistant_id})
+        else:
+            # The stored assistant with the overrides: a transient one of this call only,
+            # recorded under the stored assistant's id.
+            merged = _overridden(record.config, overrides)
+            if isinstance(merged, Assistant):
+                await pending.put(number.tenant_id, call_id, merged)
+                return Routed(claims=claims | {"pending": "1", "assistant_id": assistant_id})
+            answer = merged
     return await _refuse(state, number, form, call_id, answer)
 
 

@@ -136,6 +136,19 @@ def _add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     for name in ("db", "tenant", "key"):
         sub.choices[name].set_defaults(func=_admin)
 
+    from control.recordings import add_recording_commands
+
+    add_recording_commands(sub)
+    sub.choices["recordings"].set_defaults(func=_recordings)
+
+
+def _recordings(args: argparse.Namespace) -> int:
+    """`ava recordings purge|retention …` against the configured database and store."""
+    from control.recordings import run_recording_command
+    from control.settings import Settings
+
+    return asyncio.run(run_recording_command(Settings(), args))
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ava", description="AVA voice-agent server")
@@ -166,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = sub.add_parser(
         "bench",
-        help="benchmarks: latency, capacity, compare --peer pipecat (see `ava bench -h`)",
+        help="benchmarks: latency, capacity, compare, turns (see `ava bench -h`)",
         add_help=False,  # -h goes to the benchmarks' own parser
     )
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)

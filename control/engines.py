@@ -32,6 +32,8 @@ from control.providers import (
     fallback_voices,
 )
 from control.settings import Settings
+from media.audio_format import PCM16_16K, AudioFormat
+from media.transport import TELEPHONE
 from voice.assistant import Assistant, ModelConfig, TranscriberConfig, VoiceConfig
 from voice.breaker import BreakerBoard
 from voice.egress_http import DEFAULT_MAX_RESPONSE_BYTES, guarded_client
@@ -49,9 +51,10 @@ from voice.engines import (
 from voice.errors import ConfigError, ProviderError
 from voice.greeting import GreetingCache
 from voice.local_llm import LocalResponder
-from voice.ports import LanguageModel, SpeechToText, TextToSpeech, VadModel
+from voice.ports import LanguageModel, SpeechToText, TextToSpeech, VadModel, in_format
 from voice.providers import StageTimeouts
 from voice.session import APOLOGY, Engines
+from voice.variables import has_template
 
 __all__ = ["EngineHub", "EngineSource"]
 
@@ -206,18 +209,37 @@ class EngineHub:
         return self._need(cloud, f"voice.provider {config.provider!r}").tts(config)
 
     async def warm(self, assistant: Assistant) -> None:
-        """Synthesize the greeting (and, on a cloud voice, the apology) now, so calls start
-        speaking within a frame and a failing call still has something to say."""
+        """Synthesize the greeting (and, on a cloud voice, the apology) now, in the phone's
+        format and the browser's, so calls start speaking within a frame and a failing call
+        still has something to say. A greeting with {{variables}} is rendered per call: there
+        is nothing to warm."""
         engines = self.for_assistant(assistant)
+        lines = [APOLOGY] if assistant.voice.provider != "piper" else []
+        greeting = assistant.first_message
+        # A model-generated greeting never says `firstMessage`: nothing to keep for it.
+        spoken = assistant.first_message_mode == "assistant-speaks-first"
+        if greeting and spoken and not has_template(greeting):
+            lines.insert(0, greeting)
+
+        async def warm_line(tts: TextToSpeech, line: str, audio_format: AudioFormat) -> None:
+            try:
+                await self.greetings.get_or_synthesize(tts, line, audio_format)
+            except ProviderError as exc:
+                # A cloud voice that is down at startup must not stop the server: calls
+                # synthesize these lines on demand (through the voice's fallbacks) once it is back.
+                log.error("warming %r (%s) failed: %s", assistant.name, audio_format.name, exc)
+
         try:
-            if assistant.first_message:
-                await self.greetings.get_or_synthesize(engines.tts, assistant.first_message)
-            if assistant.voice.provider != "piper":
-                await self.greetings.get_or_synthesize(engines.tts, APOLOGY)
-        except ProviderError as exc:
-            # A cloud voice that is down at startup must not stop the server: calls synthesize
-            # these lines on demand (through the voice's fallbacks) once it is back.
-            log.error("warming %r failed: %s", assistant.name, exc)
+            # Every line side by side (a voice serves concurrent calls anyway): the time to ready,
+            # which a rolling restart waits on, is the longest line, not the sum of them.
+            async with asyncio.TaskGroup() as group:
+                for audio_format in (TELEPHONE, PCM16_16K):
+                    try:
+                        tts = in_format(engines.tts, audio_format)
+                    except ConfigError:
+                        continue  # a voice that only speaks telephone audio takes no browser calls
+                    for line in lines:
+                        group.create_task(warm_line(tts, line, audio_format))
         finally:
             for close in engines.closers:
                 await close()

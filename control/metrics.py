@@ -107,6 +107,32 @@ class Metrics:
         self.bodies_too_large = Counter(
             "ava_request_body_too_large", "Requests refused with 413", registry=r
         )
+        self.analysis_parts = Counter(
+            "ava_call_analysis_parts",
+            "Post-call analysis parts (summary, structuredData, successEvaluation), by outcome: "
+            "ok or why it failed (timeout, model-error, invalid-answer, schema-mismatch, …)",
+            ["part", "outcome"],
+            registry=r,
+        )
+        self.emails = Counter(
+            "ava_call_emails",
+            "E-mail call summaries (notificationPlan.email), by outcome: sent, or failed (after "
+            "its retries; the call's metadata.notifications.email says why)",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("sent", "failed"):  # at zero before the first call, for rate()
+            self.emails.labels(outcome=outcome)
+        self.recording_failures = Counter(
+            "ava_recording_failures",
+            "Call recordings that failed, by stage: write (the spool file, e.g. a full disk) or "
+            "upload (keeping it in its store; retried each purge round). The call goes on; its "
+            "recording description says why",
+            ["stage"],
+            registry=r,
+        )
+        for failed in ("write", "upload"):  # at zero before the first failure, for rate()
+            self.recording_failures.labels(stage=failed)
         for stage in STAGES:  # exported at zero before the first turn, so rate() has a base
             self.turn_latency.labels(stage=stage)
 
@@ -131,6 +157,15 @@ class Metrics:
             self.calls_started.labels(transport=event.transport).inc()
         elif isinstance(event, CallEnded):
             self.calls_ended.labels(reason=str(event.reason)).inc()
+
+    def analysis_part(self, part: str, outcome: str) -> None:
+        self.analysis_parts.labels(part=part, outcome=outcome).inc()
+
+    def email(self, outcome: str) -> None:
+        self.emails.labels(outcome=outcome).inc()
+
+    def recording_failure(self, stage: str) -> None:
+        self.recording_failures.labels(stage=stage).inc()
 
     def pacing(
         self, transport: CallTransport, clock: Clock | None = None
@@ -168,6 +203,7 @@ class ObservedTransport:
     def __init__(self, inner: CallTransport, observe: Callable[[float], None]) -> None:
         self.inner = inner
         self.kind = inner.kind
+        self.audio_format = inner.audio_format
         self._observe = observe
 
     async def send_audio(self, audio: bytes) -> None:

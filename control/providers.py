@@ -55,6 +55,7 @@ from voice.providers import (
 )
 from voice.server_messages import ServerTarget
 from voice.tools import ToolSet
+from voice.voicemail import problems as voicemail_problems
 
 if TYPE_CHECKING:
     from control.stores import Stores
@@ -341,7 +342,7 @@ async def assistant_problems(assistant: Assistant, stores: Stores, tenant_id: st
     the assistant: keys belong in `POST /credential`), and a `credentialId` that is not one of
     this tenant's credentials. A credential that is merely missing is not a problem here (it may
     be added later); the call says so if it still is at its start."""
-    problems = unsupported_providers(assistant)
+    problems = unsupported_providers(assistant) + voicemail_problems(assistant.voicemail_detection)
     if (assistant.model_extra or {}).get("credentials"):
         problems.append(
             "credentials: inline provider keys are not supported; create them with "

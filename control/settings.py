@@ -6,18 +6,38 @@ providers' conventional ones.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.engine import default_sqlite_url
 from storage.keys import ServerKey, resolve_server_key, stream_signing_key
 from voice.egress import EgressPolicy
+from voice.notification_plan import check_address
+from voice.pricing import PriceTable, load_price_table
 
-__all__ = ["IceServer", "Settings"]
+__all__ = ["IceServer", "Settings", "read_price_table"]
 
 _SAMPLE_ASSISTANT = Path(__file__).resolve().parent / "data" / "sample-assistant.json"
+_MAX_PRICES_BYTES = 1024 * 1024
+
+
+def read_price_table(path: Path | None) -> PriceTable:
+    """The price table with the operator's file (if any) merged over the shipped prices;
+    ValueError naming the file and the bad entry."""
+    if path is None:
+        return load_price_table()
+    try:
+        with path.open("rb") as file:
+            raw = file.read(_MAX_PRICES_BYTES + 1)
+        if len(raw) > _MAX_PRICES_BYTES:
+            raise ValueError(f"over {_MAX_PRICES_BYTES} bytes")
+        return load_price_table(json.loads(raw))
+    except (OSError, ValueError) as exc:  # PriceTableError and JSONDecodeError are ValueErrors
+        raise ValueError(f"AVA_PRICES_FILE {path}: {exc}") from exc
 
 
 class IceServer(BaseModel):
@@ -76,8 +96,20 @@ class Settings(BaseSettings):
     # A token bucket per API key: refills at this rate, holds `burst`. 0: no limit.
     rate_limit_per_second: float = Field(default=25, ge=0)
     rate_limit_burst: int = Field(default=100, ge=1)
-    # redis://host:6379/0: rate-limit buckets shared by every process. Empty: per process.
+    # redis://host:6379/0: rate-limit buckets, call slots and the node registry shared by every
+    # process. Empty: one process alone (required for several processes on one database).
     redis_url: str = ""
+    # This process in the cluster (control/orphans.py). Empty: host-pid-random, new per start.
+    node_id: str = Field(default="", max_length=128)
+    # How often each node looks for scheduled calls that are due (POST /call schedulePlan).
+    scheduler_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    # Heartbeat period, and how long after the last one a node counts as dead (its calls are
+    # closed by a survivor within ttl + heartbeat).
+    node_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    node_ttl_seconds: float = Field(default=15.0, gt=0)
+    # How long POST /call/{id}/control waits for the node holding the call to answer (through
+    # Redis) before it says the node is not answering: the API's answer stays within ~1 s.
+    control_timeout_seconds: float = Field(default=0.8, gt=0, le=10)
 
     # Browser calls (WebRTC, control/webrtc_routes.py). ICE servers for aiortc and the page, as
     # JSON; empty: none (host candidates only, no public STUN lookups).
@@ -112,6 +144,9 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(default=6, ge=1, le=20)
     webhook_breaker_failures: int = Field(default=5, ge=1)
     webhook_breaker_seconds: float = Field(default=30, gt=0)
+    # Prices a call's costs[] is computed with: a JSON file merged over the shipped list prices
+    # (voice/data/prices.json, same shape); empty: the shipped prices alone.
+    prices_file: Path | None = None
     # OpenAI-compatible LLM providers with their own hosts (control/providers.py): a tenant's
     # credential for the provider, or the operator's key below, is sent only to these URLs.
     groq_base_url: str = Field(
@@ -137,6 +172,39 @@ class Settings(BaseSettings):
         default=SecretStr(""),
         validation_alias=AliasChoices("DEEPINFRA_API_KEY", "AVA_DEEPINFRA_API_KEY"),
     )
+
+    # Call recordings (control/recordings.py). Spooled under data_dir/recordings/spool while
+    # the call runs, then kept in the store: "local" (data_dir/recordings) or "s3" (any
+    # S3-compatible object store: endpoint, bucket, region, credentials, key prefix).
+    recording_store: str = Field(default="local", pattern="^(local|s3)$")
+    recording_s3_endpoint_url: str = ""  # empty: AWS's own endpoint for the region
+    recording_s3_bucket: str = ""
+    recording_s3_region: str = ""
+    recording_s3_access_key_id: str = ""  # empty: boto3's usual credential chain
+    recording_s3_secret_access_key: SecretStr = SecretStr("")
+    recording_s3_prefix: str = Field(default="recordings/", max_length=256)
+    # Lifetime of the signed download URLs a call shows (presigned*Url, ?token=).
+    recording_url_ttl_seconds: float = Field(default=3600, gt=0, le=7 * 86400)
+    # Days a recording is kept unless its tenant sets its own; empty: kept for ever (at most
+    # 100 years: the purge's date arithmetic overflows far beyond).
+    recording_retention_days: int | None = Field(default=None, ge=1, le=36_500)
+    recording_purge_interval_seconds: float = Field(default=3600, gt=0)
+    # monitor.listenUrl (control/listen.py): the lifetime of a signed ?token= listen URL, and
+    # the audio a listener may fall behind by before it is dropped.
+    listen_token_ttl_seconds: float = Field(default=300, gt=0, le=86400)
+    listen_buffer_seconds: float = Field(default=2.0, ge=0.2, le=30)
+
+    # E-mail call summaries (notificationPlan.email: control/email_summaries.py) go out through
+    # the operator's SMTP server: smtp://user:password@host:587 (STARTTLS as smtp_starttls
+    # says) or smtps://user:password@host:465 (TLS from the start). Empty: no e-mail is sent.
+    smtp_url: SecretStr = SecretStr("")
+    smtp_from: str = ""  # the sender address (required with smtp_url)
+    # auto: upgrade when the server offers STARTTLS; required: refuse a server that does not;
+    # off: never (a relay on localhost).
+    smtp_starttls: Literal["auto", "required", "off"] = "auto"
+    smtp_timeout_seconds: float = Field(default=30, gt=0, le=300)
+    # The recording link in an e-mail is signed for this long (a mail is read later than a page).
+    email_recording_url_ttl_seconds: float = Field(default=7 * 86400, gt=0, le=7 * 86400)
 
     twilio_account_sid: str = Field(
         default="", validation_alias=AliasChoices("TWILIO_ACCOUNT_SID", "AVA_TWILIO_ACCOUNT_SID")
@@ -184,10 +252,39 @@ class Settings(BaseSettings):
         EgressPolicy(value)  # a bad entry stops the server at startup, naming it
         return value
 
+    @field_validator("prices_file")
+    @classmethod
+    def _prices_valid(cls, path: Path | None) -> Path | None:
+        read_price_table(path)  # a bad entry stops the server at startup, naming it
+        return path
+
+    @model_validator(mode="after")
+    def _s3_bucket_given(self) -> Settings:
+        if self.recording_store == "s3" and not self.recording_s3_bucket:
+            raise ValueError("AVA_RECORDING_STORE=s3 needs AVA_RECORDING_S3_BUCKET")
+        return self
+
+    # AVA_SMTP_URL is checked by control.email_summaries.smtp_server at startup: it holds a
+    # password, and pydantic's errors show the input.
+    @field_validator("smtp_from")
+    @classmethod
+    def _sender_address(cls, value: str) -> str:
+        return check_address(value) if value else value
+
+    @model_validator(mode="after")
+    def _heartbeat_within_ttl(self) -> Settings:
+        if self.node_heartbeat_seconds >= self.node_ttl_seconds:
+            raise ValueError("AVA_NODE_HEARTBEAT_SECONDS must be less than AVA_NODE_TTL_SECONDS")
+        return self
+
     @property
     def dev_mode(self) -> bool:
         """No Twilio credentials: webhooks and streams are not signature-checked."""
         return not self.twilio_auth_token.get_secret_value()
+
+    def price_table(self) -> PriceTable:
+        """The shipped list prices with AVA_PRICES_FILE's entries merged over them."""
+        return read_price_table(self.prices_file)
 
     def resolved_database_url(self) -> str:
         return self.database_url or default_sqlite_url(self.data_dir)

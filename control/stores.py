@@ -25,6 +25,7 @@ from storage import (
 )
 from storage.deliveries import DeliveryStore
 from storage.keys import check_key
+from storage.orphans import OrphanStore
 
 __all__ = ["Stores", "open_stores", "server_secret"]
 
@@ -52,6 +53,8 @@ class Stores:
     box: SecretBox
     # The webhook outbox and delivery log (control/webhooks.py, GET /webhook-delivery).
     deliveries: DeliveryStore
+    # Calls of dead nodes (control/orphans.py).
+    orphans: OrphanStore
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -83,4 +86,5 @@ async def open_stores(settings: Settings, *, check_migrated: bool = True) -> Sto
         credentials=CredentialStore(sessions, box),
         box=box,
         deliveries=DeliveryStore(sessions, box),
+        orphans=OrphanStore(sessions),
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -195,11 +195,13 @@ class TwilioRest:
         url: str | None = None,
         status_callback: str | None = None,
         status_callback_events: Sequence[str] = DEFAULT_STATUS_EVENTS,
+        options: Mapping[str, Any] | None = None,
     ) -> str:
-        """Place a call (`POST /Accounts/{sid}/Calls.json`); returns its CallSid."""
+        """Place a call (`POST /Accounts/{sid}/Calls.json`); returns its CallSid. `options`:
+        more of `calls.create`'s arguments (answering-machine detection)."""
         if (twiml is None) == (url is None):
             raise ValueError("give exactly one of twiml and url")
-        kwargs: dict[str, Any] = {"to": to, "from_": from_}
+        kwargs: dict[str, Any] = {**(options or {}), "to": to, "from_": from_}
         if twiml is not None:
             kwargs["twiml"] = twiml
         else:

@@ -9,6 +9,7 @@ closed with 1008 and never becomes a call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
@@ -19,11 +20,13 @@ from typing import Any
 from fastapi import APIRouter, Request, Response, WebSocket
 from pydantic import ValidationError
 
-from control.assistant_request import PendingAssistants, ask_for_assistant
+from control.assistant_request import HeldAssistants, PendingAssistants, ask_for_assistant
 from control.call_control import twilio_call_control
 from control.call_slots import BUSY_SAY, TENANT_LIMIT_REASON, CallSlots, holding_slot
 from control.outbound import OUTBOUND, OutboundStream, outbound_stream
+from control.personal import caller_as_customer, personalize_for_call, record_personalized
 from control.providers import provider_keys, resolve_tools
+from control.recordings import CallRecording, recording_base_url
 from control.state import AppState
 from control.stream_token import InvalidToken, issue_token, verify_token
 from control.twilio_auth import (
@@ -38,15 +41,23 @@ from control.webhooks import WebhookSender
 from media.transport import TransportClosed
 from media.twilio.messages import Start
 from media.twilio.signature import validate_signature
-from media.twilio.twiml import connect_stream, say_and_hangup
+from media.twilio.twiml import connect_stream, redirect, say_and_hangup
 from media.twilio.websocket import CLOSE_POLICY, TwilioWebSocket
 from storage import PhoneNumberRecord
+from storage.redis_assistants import RedisAssistants
 from voice.assistant import Assistant
 from voice.errors import ConfigError
 from voice.session import CallSession
 from voice.types import EndedReason
 
-__all__ = ["BUSY_SAY", "NO_ASSISTANT_SAY", "UNKNOWN_NUMBER_SAY", "new_call_id", "router"]
+__all__ = [
+    "BUSY_SAY",
+    "MAX_DRAIN_REDIRECTS",
+    "NO_ASSISTANT_SAY",
+    "UNKNOWN_NUMBER_SAY",
+    "new_call_id",
+    "router",
+]
 
 log = logging.getLogger("ava.twilio")
 router = APIRouter()
@@ -56,6 +67,9 @@ START_TIMEOUT = 10.0
 UNKNOWN_NUMBER_SAY = "Sorry, this number is not in service. Goodbye."
 NO_ASSISTANT_SAY = "Sorry, no one can take this call right now. Goodbye."
 _MAX_NUMBER_CHARS = 64  # From/To as stored (a SIP From can be any length)
+# A new call redirected this often found only draining nodes: give up with a 503.
+MAX_DRAIN_REDIRECTS = 3
+_REDIRECTS = "ava_redirects"
 # From/To as the stream token carries them: E.164 is 16 characters at most; a longer (SIP,
 # client) address is cut so the token stays within Twilio's parameter size.
 _MAX_CLAIMED_CHARS = 24
@@ -72,8 +86,7 @@ def _twiml(xml: str) -> Response:
 async def voice_webhook(request: Request) -> Response:
     state: AppState = request.app.state.ava
     if state.calls.draining:
-        # 503 makes Twilio try the number's fallback URL (another node) instead.
-        return Response("server draining", status_code=503)
+        return _elsewhere(state, request)
     form = await read_form(request)
     if form is None:
         return Response("webhook body too large", status_code=413)
@@ -120,6 +133,22 @@ async def voice_webhook(request: Request) -> Response:
             "phone_number_id": number.id,
         }
     return _stream_twiml(state, request, claims)
+
+
+def _elsewhere(state: AppState, request: Request) -> Response:
+    """A new call reaching a draining node (a rolling restart): Twilio is redirected to the
+    service's own URL, which the load balancer sends to a node that is still taking calls. A
+    call redirected `MAX_DRAIN_REDIRECTS` times (every node it reached was draining) gets 503,
+    which makes Twilio try the number's fallback URL."""
+    try:
+        hops = int(request.query_params.get(_REDIRECTS, "0"))
+    except ValueError:
+        hops = MAX_DRAIN_REDIRECTS
+    if hops >= MAX_DRAIN_REDIRECTS:
+        return Response("server draining", status_code=503)
+    url = external_url(state, request.headers, request.url.scheme, request.url.path, False)
+    log.info("draining: new call redirected to %s (hop %d)", url, hops + 1)
+    return _twiml(redirect(f"{url}?{_REDIRECTS}={hops + 1}"))
 
 
 def new_call_id() -> str:
@@ -175,24 +204,29 @@ async def _record_busy(
     )
 
 
-def _pending(app: Any) -> PendingAssistants:
-    """This process's transient assistants from assistant-request answers (made on first use)."""
-    pending: PendingAssistants | None = getattr(app.state, "pending_assistants", None)
-    if pending is None:
-        ttl = app.state.ava.settings.stream_token_ttl_seconds
-        pending = app.state.pending_assistants = PendingAssistants(ttl)
-    return pending
+def _pending(app: Any) -> HeldAssistants:
+    """Transient assistants from assistant-request answers (made on first use): this process's,
+    and with AVA_REDIS_URL every node's (control/assistant_request.py)."""
+    held: HeldAssistants | None = getattr(app.state, "held_assistants", None)
+    if held is None:
+        state: AppState = app.state.ava
+        ttl = state.settings.stream_token_ttl_seconds
+        local = app.state.pending_assistants = PendingAssistants(ttl)
+        url = state.settings.redis_url
+        shared = RedisAssistants(url, state.stores.box, ttl) if url else None
+        held = app.state.held_assistants = HeldAssistants(local, shared)
+    return held
 
 
 async def _tenant_assistant(
-    state: AppState, claims: dict[str, object], call_id: str, pending: PendingAssistants
+    state: AppState, claims: dict[str, object], call_id: str, pending: HeldAssistants
 ) -> Assistant | str:
     """The assistant a tenant's number answers with, or why there is none."""
     tenant_id = str(claims["tenant_id"])
     if claims.get("pending"):
-        transient = pending.take(tenant_id, call_id)
+        transient = await pending.take(tenant_id, call_id)
         if transient is None:
-            return "the assistant-request's transient assistant is not held by this process"
+            return "the assistant-request's transient assistant was not found (expired or taken)"
         return transient
     assistant_id = str(claims.get("assistant_id", ""))
     record = await state.stores.assistants.get(tenant_id, assistant_id)
@@ -306,11 +340,13 @@ async def media_stream(websocket: WebSocket) -> None:
         return
     metadata = {**ids, "from": str(claims.get("from", "")), "to": str(claims.get("to", ""))}
     assistant: Assistant | str
+    transient = False  # an assistant-request's answer: recorded with the call
     if outbound is not None:
         assistant = outbound.assistant
         metadata |= outbound.metadata
     elif "tenant_id" in claims:
         assistant = await _tenant_assistant(state, claims, call_id, _pending(websocket.app))
+        transient = bool(claims.get("pending"))
         metadata |= {
             "tenant_id": str(claims["tenant_id"]),
             "assistant_id": str(claims.get("assistant_id", "")),
@@ -324,7 +360,14 @@ async def media_stream(websocket: WebSocket) -> None:
     try:
         if isinstance(assistant, str):
             raise ConfigError(assistant)
+        effective = assistant
         assistant = await resolve_tools(assistant, tenant_id or None, state.stores.tools)
+        # Once per call, before anything speaks: Vapi's {{variables}} (voice.variables). In a
+        # thread: a 100k-character prompt full of variables takes ~0.1 s, which would stall
+        # every other call's paced audio on this loop.
+        customer = outbound.customer if outbound is not None else caller_as_customer(metadata)
+        personal = await personalize_for_call(assistant, customer)
+        assistant = personal.assistant
         keys = await provider_keys(state.stores, settings, tenant_id or None)
         engines = state.engines.for_assistant(assistant, keys)
     except ConfigError as exc:
@@ -335,12 +378,19 @@ async def media_stream(websocket: WebSocket) -> None:
             await slots.release(tenant_id, call_id)  # the voice webhook's reservation
         await transport.close(EndedReason.SERVER_ERROR.value)
         return
+    await record_personalized(state, call_id, metadata, personal, effective if transient else None)
     # The session's paced sends, timed for /metrics' frame lateness (control/metrics.py).
     clock, paced = websocket.app.state.metrics.pacing(transport)
+    recording = CallRecording.create(
+        getattr(websocket.app.state, "recordings", None), call_id=call_id,
+        tenant_id=tenant_id or None, assistant=assistant, transport=paced, clock=clock,
+        base_url=recording_base_url(state, websocket.headers, websocket.url.scheme),
+        metadata=metadata,
+    )  # fmt: skip
     session = CallSession(
         call_id=call_id,
         assistant=assistant,
-        transport=paced,
+        transport=paced if recording is None else recording.transport,
         clock=clock,
         engines=engines,
         sink=state.sink,
@@ -350,10 +400,11 @@ async def media_stream(websocket: WebSocket) -> None:
     webhooks: WebhookSender | None = getattr(websocket.app.state, "webhooks", None)
     if webhooks is not None:
         webhooks.register(call_id, assistant, await _number_server(state, metadata))
-    if not tenant_id:
-        await state.calls.run(session)
-        return
-    # The tenant's slot (reserved by the voice webhook; taken here for a call we placed) is
-    # held and renewed while the call runs, and freed when it ends.
-    async with holding_slot(slots, tenant_id, call_id):
-        await state.calls.run(session)
+    async with recording.running() if recording is not None else contextlib.nullcontext():
+        if not tenant_id:
+            await state.calls.run(session)
+            return
+        # The tenant's slot (reserved by the voice webhook; taken here for a call we placed) is
+        # held and renewed while the call runs, and freed when it ends.
+        async with holding_slot(slots, tenant_id, call_id):
+            await state.calls.run(session)

@@ -51,7 +51,15 @@ async def status_callback(request: Request) -> Response:
     if number is None and unknown_numbers(state.settings) == "reject":
         return Response("unknown number", status_code=404)
     tenant_id = number.tenant_id if number is not None else None
-    call = await state.stores.calls.find_by_twilio_sid(tenant_id, form.get("CallSid", ""))
+    call_sid = form.get("CallSid", "")
+    call = await state.stores.calls.find_by_twilio_sid(tenant_id, call_sid)
+    named = request.query_params.get("call", "")[:64]
+    if call is None and named:
+        # A call we placed names itself in its callback URL (signed with it): its first
+        # callback may beat calls.create's answer, before the CallSid is stored.
+        candidate = await state.stores.calls.get_call(tenant_id, named, details=False)
+        if candidate is not None and candidate.twilio_call_sid in (None, call_sid):
+            call = candidate
     if call is None:
         # Before the media stream starts there is no call row to attach it to.
         return Response(status_code=204)
@@ -64,22 +72,25 @@ async def status_callback(request: Request) -> Response:
         sequence = None
     data = {key[0].lower() + key[1:]: form[key] for key in _FIELDS if key in form}
     if await state.stores.calls.add_event(call.id, "twilio-status", data, sequence=sequence):
-        await _progress(state, call, form.get("CallStatus", ""))
+        if await _progress(state, call, form.get("CallStatus", "")) and call.tenant_id:
+            # Its slot was held while it rang (a scheduled call's): the next one may go.
+            await request.app.state.call_slots.release(call.tenant_id, call.id)
     return Response(status_code=204)
 
 
-async def _progress(state: AppState, call: CallRecord, twilio_status: str) -> None:
-    """Move a call that has not reached its media stream along, or end it.
+async def _progress(state: AppState, call: CallRecord, twilio_status: str) -> bool:
+    """Move a call that has not reached its media stream along, or end it (True).
 
     Once the stream has started (in-progress) the session owns the call's end and its reason;
     Twilio's `completed` then only confirms it. Before that, Twilio is the only witness."""
     calls = state.stores.calls
     if twilio_status == "ringing":
         await calls.advance_status(call.tenant_id, call.id, "ringing")
-        return
+        return False
     reason = _NEVER_CONNECTED.get(twilio_status)
     if reason is None:
-        return
+        return False
     current = await calls.get_call(call.tenant_id, call.id, details=False)
-    if current is not None and current.status in ("queued", "ringing"):
-        await calls.finish_call(call.id, reason, f"Twilio call status {twilio_status}")
+    if current is None or current.status not in ("queued", "ringing"):
+        return False
+    return await calls.finish_call(call.id, reason, f"Twilio call status {twilio_status}")

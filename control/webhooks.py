@@ -239,6 +239,9 @@ class WebhookSender:
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
+        # `control.post_call.PostCallAnalyzer.hold`: holds a call's end-of-call-report until its
+        # analysis is done (set by the app; None: reports go at once).
+        self.hold_reports: Callable[[str, Callable[[Mapping[str, Any]], None]], bool] | None = None
 
     @classmethod
     def from_settings(
@@ -277,13 +280,7 @@ class WebhookSender:
         prompt = assistant.model.system_prompt
         prompts = (prompt,) if prompt else ()
         public = public_assistant(assistant)
-        state = CallMessages(
-            call_id,
-            frozenset(assistant.server_messages),
-            prompts,
-            model=public.get("model", {}),
-            voice=public.get("voice", {}),
-        )
+        state = CallMessages(call_id, frozenset(assistant.server_messages), prompts)
         self._calls[call_id] = _Call(target, public, state)
 
     def emit(self, event: CallEvent) -> None:
@@ -293,8 +290,26 @@ class WebhookSender:
         if isinstance(event, CallEnded):
             del self._calls[event.call_id]
             self._overflow_logged.discard(event.call_id)
-        self._queue_all(event.call_id, call, call.state.on(event, self._wall()))
+        messages = call.state.on(event, self._wall())
+        if isinstance(event, CallEnded):
+            messages = self._hold_report(event.call_id, call, messages)
+        self._queue_all(event.call_id, call, messages)
         self._arm_hang(event.call_id, call, ended=isinstance(event, CallEnded))
+
+    def _hold_report(self, call_id: str, call: _Call, messages: list[Outgoing]) -> list[Outgoing]:
+        """The messages to queue now: all but an `end-of-call-report` that `hold_reports` keeps
+        until the call's analysis is done (bounded by its plan's timeouts); released, the
+        report goes with the analysis' fields (`summary`, `analysis`) in place of its own."""
+        reports = [m for m in messages if m[0] == "end-of-call-report"]
+        if not reports or self.hold_reports is None:
+            return messages
+
+        def release(fields: Mapping[str, Any]) -> None:
+            self._queue_all(call_id, call, [(kind, {**body, **fields}) for kind, body in reports])
+
+        if not self.hold_reports(call_id, release):
+            return messages
+        return [m for m in messages if m[0] != "end-of-call-report"]
 
     def _arm_hang(self, call_id: str, call: _Call, ended: bool) -> None:
         armed = call.state.hang_armed and not ended and "hang" in call.state.wanted

@@ -11,6 +11,8 @@
   (`PageEvents`).
 - Bad input is answered before anything runs: a malformed SDP 400, a wrong key or token 401,
   another tenant's assistant 404, more than `webrtc_max_calls_per_tenant` live web calls 429.
+  With AVA_REDIS_URL the limit counts the tenant's web calls on every node (a slot per call in
+  a Redis sorted set under `ava:webcalls:`, as control/call_slots.py does for phone calls).
   Every peer connection opened is closed and counted (`WebCalls.opened`/`closed`).
 - `GET /webrtc/config` tells the page whether it is in dev mode and which ICE servers to use;
   `GET /dev/call[/{id}]` lists the dev scope's calls (no tenant) without a key, in dev mode only.
@@ -20,6 +22,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -36,18 +39,23 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from control.call_slots import LIVE_SLOT_SECONDS, CallSlots, LocalCallSlots, holding_slot
 from control.deps import StateDep, TenantDep, current_tenant
 from control.errors import ApiError, not_found
 from control.metrics import Metrics
+from control.personal import personalize_for_call, record_personalized
 from control.providers import provider_keys, resolve_tools
+from control.recordings import CallRecording, recording_base_url
 from control.settings import Settings
 from control.sinks import FanOut
 from control.state import AppState
 from control.stream_token import InvalidToken, issue_token, verify_token
 from control.webhooks import WebhookSender
+from media.webrtc.audio import AUDIO_FORMAT
 from media.webrtc.peer import WebRtcPeer
 from media.webrtc.sdp import MAX_SDP_BYTES, OfferError
 from storage import to_vapi
+from storage.redis_limits import RedisCallSlots
 from voice.assistant import Assistant
 from voice.clock import MonotonicClock
 from voice.errors import ConfigError
@@ -66,7 +74,15 @@ from voice.events import (
 from voice.session import CallSession
 from voice.types import EndedReason
 
-__all__ = ["PageEvents", "WebCalls", "install_webrtc", "page_event", "router"]
+__all__ = [
+    "WEB_SLOTS_PREFIX",
+    "PageEvents",
+    "WebCalls",
+    "install_webrtc",
+    "page_event",
+    "router",
+    "web_call_slots_for",
+]
 
 log = logging.getLogger("ava.webrtc")
 router = APIRouter(tags=["webrtc"])
@@ -75,6 +91,15 @@ WEB_DIR = Path(__file__).resolve().parent / "web"
 DEV_ASSISTANT = "default"
 _TOKEN_KIND = "web-call"
 _DEV_SCOPE = "(dev)"  # the slot key of tenant-less calls
+# Web calls' slots live apart from phone calls' (`ava:calls:`): each has its own limit.
+WEB_SLOTS_PREFIX = "ava:webcalls:"
+
+
+def web_call_slots_for(settings: Settings) -> CallSlots:
+    """Every node's web calls in one count with Redis; this process's alone without it."""
+    if settings.redis_url:
+        return RedisCallSlots(settings.redis_url, prefix=WEB_SLOTS_PREFIX)
+    return LocalCallSlots()
 
 
 class OfferBody(BaseModel):
@@ -105,9 +130,12 @@ class _Caller:
 
 class WebCalls:
     """The app's browser calls: per-tenant slots, each peer connection until it is closed, and
-    the task each call runs in (cancelled and awaited when the app stops)."""
+    the task each call runs in (cancelled and awaited when the app stops).
 
-    def __init__(self, settings: Settings) -> None:
+    `slots` counts this process's calls; the limit is enforced on `shared`, which counts the
+    tenant's calls on every node when it is Redis-backed (member: the peer's id)."""
+
+    def __init__(self, settings: Settings, shared: CallSlots | None = None) -> None:
         self.max_per_tenant = settings.webrtc_max_calls_per_tenant
         self.connect_timeout = settings.webrtc_connect_timeout_seconds
         self.ice_servers = [
@@ -115,23 +143,28 @@ class WebCalls:
         ]
         self.peers: dict[str, WebRtcPeer] = {}
         self.slots: Counter[str] = Counter()
+        self.shared = shared if shared is not None else web_call_slots_for(settings)
         self.opened = 0
         self.closed = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def reserve(self, slot: str) -> bool:
-        if self.slots[slot] >= self.max_per_tenant:
+    async def reserve(self, slot: str, pc_id: str) -> bool:
+        # Lapses unless the call's task renews it (`_run_call`): a node that dies frees it.
+        ttl = max(LIVE_SLOT_SECONDS, self.connect_timeout * 2)
+        if not await self.shared.acquire(slot, pc_id, self.max_per_tenant, ttl):
             return False
         self.slots[slot] += 1
         return True
 
-    def release(self, slot: str) -> None:
+    async def release(self, slot: str, pc_id: str) -> None:
         self.slots[slot] -= 1
         if self.slots[slot] <= 0:
             del self.slots[slot]
+        await self.shared.release(slot, pc_id)
 
-    def open_peer(self) -> WebRtcPeer:
-        peer = WebRtcPeer(f"pc_{uuid.uuid4().hex}", MonotonicClock(), self.ice_servers)
+    def open_peer(self, pc_id: str | None = None) -> WebRtcPeer:
+        pc_id = pc_id or f"pc_{uuid.uuid4().hex}"
+        peer = WebRtcPeer(pc_id, MonotonicClock(), self.ice_servers)
         self.peers[peer.pc_id] = peer
         self.opened += 1
         return peer
@@ -142,7 +175,7 @@ class WebCalls:
         finally:
             if self.peers.pop(peer.pc_id, None) is not None:
                 self.closed += 1
-                self.release(slot)
+                await self.release(slot, peer.pc_id)
 
     def start(self, call: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(call, name=name)
@@ -159,6 +192,8 @@ class WebCalls:
             self.peers.pop(peer.pc_id, None)
             self.closed += 1
         self.slots.clear()
+        # Slots still held (no call ran on them) lapse by themselves in Redis.
+        await self.shared.aclose()
 
 
 def page_event(event: CallEvent) -> dict[str, Any] | None:
@@ -307,17 +342,22 @@ async def offer(body: OfferBody, request: Request, state: StateDep) -> dict[str,
         raise ApiError(503, "the server is at its call limit (AVA_MAX_CALLS)")
     try:
         assistant = await resolve_tools(caller.assistant, caller.tenant_id, state.stores.tools)
+        personal = await personalize_for_call(assistant, {})  # a browser has no number
+        assistant = personal.assistant
         keys = await provider_keys(state.stores, state.settings, caller.tenant_id)
-        engines = state.engines.for_assistant(assistant, keys)
+        # A browser call is wideband (16 kHz PCM16): an engine that only speaks telephone
+        # audio is refused here, before a peer exists, rather than failing mid-call.
+        engines = state.engines.for_assistant(assistant, keys).in_format(AUDIO_FORMAT)
     except ConfigError as exc:
         raise ApiError(422, f"the assistant cannot take calls: {exc}") from exc
-    if not calls.reserve(caller.slot):
+    pc_id = f"pc_{uuid.uuid4().hex}"
+    if not await calls.reserve(caller.slot, pc_id):
         raise ApiError(
             429,
             f"too many concurrent web calls for this tenant (limit {calls.max_per_tenant}); "
             "hang one up first",
         )
-    peer = calls.open_peer()
+    peer = calls.open_peer(pc_id)
     call_id = f"call_{uuid.uuid4().hex}"
     metadata = {"type": "webCall", "pc_id": peer.pc_id}
     if caller.tenant_id is not None:
@@ -327,17 +367,25 @@ async def offer(body: OfferBody, request: Request, state: StateDep) -> dict[str,
     clock, transport = (
         metrics.pacing(peer.transport) if metrics is not None else (None, peer.transport)
     )
+    recording = CallRecording.create(
+        getattr(request.app.state, "recordings", None), call_id=call_id,
+        tenant_id=caller.tenant_id, assistant=assistant, transport=transport,
+        clock=clock or MonotonicClock(), metadata=metadata,
+        base_url=recording_base_url(state, request.headers, request.url.scheme),
+    )  # fmt: skip
     try:
         session = CallSession(
             call_id=call_id,
             assistant=assistant,
-            transport=transport,
+            transport=transport if recording is None else recording.transport,
             clock=clock,
             engines=engines,
             sink=FanOut(state.sink, PageEvents(peer)),
             metadata=metadata,
         )
         answer = await peer.answer(body.sdp)
+        # Only a call that will run leaves a record of its variables (a refused offer none).
+        await record_personalized(state, call_id, metadata, personal, None)
     except OfferError as exc:
         await calls.close_peer(peer, caller.slot, grace=0)
         raise ApiError(400, f"bad SDP offer: {exc}") from exc
@@ -345,7 +393,7 @@ async def offer(body: OfferBody, request: Request, state: StateDep) -> dict[str,
         await calls.close_peer(peer, caller.slot, grace=0)
         raise
     webhooks: WebhookSender | None = getattr(request.app.state, "webhooks", None)
-    run = _run_call(state, calls, peer, session, caller.slot, webhooks)
+    run = _run_call(state, calls, peer, session, caller.slot, webhooks, recording)
     calls.start(run, name=f"web-{call_id}")
     log.info("web call %s: answered offer (peer %s)", call_id, peer.pc_id)
     return {"sdp": answer, "type": "answer", "pc_id": peer.pc_id}
@@ -358,6 +406,7 @@ async def _run_call(
     session: CallSession,
     slot: str,
     webhooks: WebhookSender | None,
+    recording: CallRecording | None = None,
 ) -> None:
     """Start the call once the media path is up (so the greeting is not sent into a void and
     no audio piles up before the track is pulled); close the peer whatever happens."""
@@ -378,7 +427,12 @@ async def _run_call(
             return
         if webhooks is not None:  # the assistant's server gets this call's messages
             webhooks.register(session.call_id, session.assistant)
-        await state.calls.run(session)
+        # Renewed while the call runs: a long call keeps its slot on every node's count.
+        async with (
+            holding_slot(calls.shared, slot, peer.pc_id),
+            recording.running() if recording is not None else contextlib.nullcontext(),
+        ):
+            await state.calls.run(session)
     finally:
         await calls.close_peer(peer, slot)
 

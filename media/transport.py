@@ -3,6 +3,10 @@
 Outbound audio is queued by the far end and played in order; a mark is echoed when everything
 before it has played (or was dropped by a clear); `send_clear` drops queued audio at once. The
 Twilio websocket and the WebRTC peer connection both implement `CallTransport`.
+
+Audio both ways is in the call's format (`media.audio_format.AudioFormat`), 20 ms frames inbound:
+Twilio's is μ-law 8 kHz (`TELEPHONE`), WebRTC's 16 kHz PCM16 (`WebRtcTransport.audio_format`).
+A transport declares it (`audio_format`); the session and its engines follow it.
 """
 
 from __future__ import annotations
@@ -10,7 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from media.audio_format import MULAW_8K, AudioFormat
+
 __all__ = [
+    "TELEPHONE",
     "AudioReceived",
     "CallTransport",
     "DtmfReceived",
@@ -20,10 +27,12 @@ __all__ = [
     "TransportClosed",
 ]
 
+TELEPHONE = MULAW_8K  # Twilio Media Streams' format: a phone call's audio
+
 
 @dataclass(frozen=True, slots=True)
 class AudioReceived:
-    """Caller audio: μ-law 8 kHz, normally one 20 ms frame."""
+    """Caller audio in the transport's `audio_format`, normally one 20 ms frame."""
 
     audio: bytes
 
@@ -57,6 +66,7 @@ class TransportClosed(Exception):
 
 class CallTransport(Protocol):
     kind: str  # "twilio" | "webrtc"
+    audio_format: AudioFormat  # both ways
 
     async def receive(self) -> InboundEvent:
         """Next inbound event; raises `TransportClosed` when the connection is gone."""

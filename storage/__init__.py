@@ -5,7 +5,6 @@ SQLAlchemy 2 async over SQLite (embedded default) or PostgreSQL. Imports only `v
 """
 
 from storage.calls import (
-    ORPHANED_REASON,
     CallEventRecord,
     CallMessage,
     CallPage,
@@ -38,7 +37,6 @@ from storage.tenants import ApiKey, CreatedApiKey, KeyIdentity, Tenant, TenantSt
 from storage.writes import CallWrites
 
 __all__ = [
-    "ORPHANED_REASON",
     "UNSET",
     "ApiKey",
     "AssistantRecord",

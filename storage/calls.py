@@ -10,8 +10,10 @@ row of another tenant.
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,7 +41,6 @@ from storage.writes import CallWrites
 from voice.events import TurnLatency
 
 __all__ = [
-    "ORPHANED_REASON",
     "CallEventRecord",
     "CallMessage",
     "CallPage",
@@ -48,14 +49,19 @@ __all__ = [
     "CallStore",
     "CallTurn",
     "CallType",
+    "CallUsage",
     "CallWrites",
     "to_vapi",
 ]
 
-# Not a voice.types.EndedReason: no session ends this way, the next process does it for them.
-ORPHANED_REASON = "call.in-progress.error-server-restarted"
-
 _MAX_LIMIT = 1000
+# The analysis' structured data, as text per top-level field, kept beside it for filtering: one
+# comparison of text that SQLite and PostgreSQL make alike (their JSON operators differ on numbers
+# and booleans). Not part of Vapi's shape: storage.vapi never shows it.
+FILTER_TEXT = "_filterText"
+FILTER_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+MAX_FILTER_FIELDS = 64
+MAX_FILTER_CHARS = 256
 _PROGRESS: tuple[CallStatus, ...] = ("queued", "ringing", "in-progress")
 
 
@@ -112,10 +118,28 @@ class CallRecord:
     node_id: str | None = None
     costs: list[dict[str, Any]] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The stored recording's description (storage.recordings); None: not recorded.
+    recording: dict[str, Any] | None = None
+    # Vapi's call.analysis as control.post_call stored it; None: not analysed (yet).
+    analysis: dict[str, Any] | None = None
     # Filled by get_call (and list_calls(details=True)); empty on plain listings.
     messages: tuple[CallMessage, ...] = ()
     turns: tuple[CallTurn, ...] = ()
     events: tuple[CallEventRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CallUsage:
+    """What analytics aggregates of one call: its groups, its duration, its priced costs."""
+
+    created_at: datetime
+    type: str
+    status: str
+    assistant_id: str | None
+    ended_reason: str | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    costs: list[dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +176,12 @@ class CallStore:
         node_id: str | None = None,
         started_at: datetime | None = None,
         metadata: dict[str, Any] | None = None,
+        scheduled_at: datetime | None = None,
     ) -> CallRecord:
         if type not in CALL_TYPES or status not in CALL_STATUSES:
             raise ValueError(f"bad call type/status {type!r}/{status!r}")
+        if (status == "scheduled") != (scheduled_at is not None):
+            raise ValueError("a scheduled call, and only one, has a scheduled_at")
         row = CallRow(
             id=call_id or str(uuid.uuid4()),
             tenant_id=tenant_id,
@@ -168,6 +195,7 @@ class CallStore:
             to_number=to_number,
             node_id=node_id,
             started_at=started_at,
+            scheduled_at=scheduled_at,
             costs=[],
             metadata_=dict(metadata or {}),
         )
@@ -208,8 +236,13 @@ class CallStore:
         limit: int = 100,
         cursor: str | None = None,
         details: bool = False,
+        success_evaluation: str | None = None,
+        structured_data: Mapping[str, str | None] | None = None,
     ) -> CallPage:
-        """Newest first. `created_after`/`created_before` are exclusive bounds."""
+        """Newest first. `created_after`/`created_before` are exclusive bounds.
+        `success_evaluation`: the analysis' successEvaluation is that string;
+        `structured_data`: field → its value as text (a string as it is, a number or boolean as
+        JSON writes it), or None for "present and not null"; top-level fields only."""
         for bound in (created_after, created_before):
             if bound is not None and bound.tzinfo is None:
                 raise ValueError("created_after/created_before must be timezone-aware")
@@ -225,6 +258,7 @@ class CallStore:
             query = query.where(CallRow.created_at > created_after)
         if created_before is not None:
             query = query.where(CallRow.created_at < created_before)
+        query = query.where(*_analysis_filters(success_evaluation, structured_data))
         query = newest_first(query, CallRow.created_at, CallRow.id, cursor, limit)
         async with self._sessions() as session:
             rows = list((await session.scalars(query)).all())
@@ -233,6 +267,31 @@ class CallStore:
             items = await _with_details(session, rows) if details else [_record(r) for r in rows]
         next_cursor = _encode_cursor(rows[-1]) if more else None
         return CallPage(items, next_cursor)
+
+    async def usage(
+        self, tenant_id: str | None, *, start: datetime, end: datetime, limit: int
+    ) -> list[CallUsage]:
+        """The tenant's calls created in [start, end), oldest first, at most `limit + 1` (one
+        more than asked: the caller learns the range holds more than it will aggregate)."""
+        columns = (
+            CallRow.created_at, CallRow.type, CallRow.status, CallRow.assistant_id,
+            CallRow.ended_reason, CallRow.started_at, CallRow.ended_at, CallRow.costs,
+        )  # fmt: skip
+        query = (
+            select(*columns)
+            .where(_scope(tenant_id), CallRow.created_at >= start, CallRow.created_at < end)
+            .order_by(CallRow.created_at, CallRow.id)
+            .limit(limit + 1)
+        )
+        async with self._sessions() as session:
+            rows = (await session.execute(query)).all()
+        return [
+            CallUsage(
+                r.created_at, r.type, r.status, r.assistant_id, r.ended_reason, r.started_at,
+                r.ended_at, list(r.costs or []),
+            )
+            for r in rows
+        ]  # fmt: skip
 
     async def update_status(self, tenant_id: str | None, call_id: str, status: CallStatus) -> bool:
         """Move a call along queued → ringing → in-progress → forwarding; never un-ends one."""
@@ -269,6 +328,45 @@ class CallStore:
                 .values(twilio_call_sid=call_sid)
             )
         return bool(getattr(result, "rowcount", 0))
+
+    async def add_metadata(
+        self,
+        tenant_id: str | None,
+        call_id: str,
+        metadata: dict[str, Any],
+        *,
+        create: dict[str, Any] | None = None,
+    ) -> bool:
+        """Merge `metadata` into the call's (what a call learns before its session starts: its
+        effective assistant, its variables). A call without a row yet gets one made from
+        `create` (`create_call`'s keyword arguments) when given. False, touching nothing, for
+        a call of another tenant, or one that does not exist and `create` is None."""
+        async with self._sessions() as session, session.begin():
+            row = await session.get(CallRow, call_id)
+            if row is None:
+                if create is None:
+                    return False
+                fields = dict(create)
+                type_ = fields.pop("type")
+                status = fields.pop("status", "ringing")
+                if type_ not in CALL_TYPES or status not in CALL_STATUSES:
+                    raise ValueError(f"bad call type/status {type_!r}/{status!r}")
+                session.add(
+                    CallRow(
+                        id=call_id,
+                        tenant_id=tenant_id,
+                        type=type_,
+                        status=status,
+                        costs=[],
+                        metadata_=dict(metadata),
+                        **fields,
+                    )
+                )
+                return True
+            if row.tenant_id != tenant_id:
+                return False
+            row.metadata_ = {**(row.metadata_ or {}), **metadata}
+        return True
 
     async def delete_call(self, tenant_id: str | None, call_id: str) -> bool:
         """Delete an ended call and (by cascade) its messages, turns and events."""
@@ -353,31 +451,79 @@ class CallStore:
         async with self.batch() as w:
             return await w.add_event(call_id, kind, data, at=at, sequence=sequence)
 
+    async def set_analysis(self, call_id: str, analysis: Mapping[str, Any]) -> bool:
+        """Store the call's analysis (Vapi's `call.analysis`, control.post_call's result), with
+        the text of its structured data's top-level scalars for `list_calls` to filter on."""
+        stored = {**analysis, FILTER_TEXT: _filter_text(analysis.get("structuredData"))}
+        async with self._sessions() as session, session.begin():
+            result = await session.execute(
+                update(CallRow).where(CallRow.id == call_id).values(analysis=stored)
+            )
+        return bool(getattr(result, "rowcount", 0))
+
     async def finish_call(
         self, call_id: str, reason: str, detail: str = "", ended_at: datetime | None = None
     ) -> bool:
         async with self.batch() as writes:
             return await writes.finish_call(call_id, reason, detail, ended_at)
 
-    async def close_orphaned_calls(
-        self,
-        node_id: str | None,
-        *,
-        reason: str = ORPHANED_REASON,
-        detail: str = "the process running this call stopped before the call ended",
-    ) -> int:
-        """End every unfinished call of `node_id` (None: of every node, for a single-node
-        server starting up). Returns how many calls were closed."""
-        query = update(CallRow).where(CallRow.status != "ended")
-        if node_id is not None:
-            query = query.where(CallRow.node_id == node_id)
+    # --- scheduled calls (every tenant's: the scheduler's) -------------------------------------
+
+    async def due_calls(self, now: datetime, limit: int) -> list[CallRecord]:
+        """Scheduled calls whose time has come, the longest-waiting first."""
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(CallRow)
+                .where(CallRow.status == "scheduled", CallRow.scheduled_at <= now)
+                .order_by(CallRow.scheduled_at, CallRow.id)
+                .limit(limit)
+            )
+            return [_record(row) for row in rows]
+
+    async def claim_scheduled(self, call_id: str, node_id: str | None) -> bool:
+        """Take a due call for placing: True for exactly one caller, however many nodes ask at
+        once (the status moves from scheduled to queued in one conditional UPDATE)."""
         async with self._sessions() as session, session.begin():
             result = await session.execute(
-                query.values(
-                    status="ended", ended_reason=reason, ended_detail=detail, ended_at=utcnow()
-                )
+                update(CallRow)
+                .where(CallRow.id == call_id, CallRow.status == "scheduled")
+                .values(status="queued", node_id=node_id)
+                .execution_options(synchronize_session=False)
             )
-        return int(getattr(result, "rowcount", 0))
+            return bool(getattr(result, "rowcount", 0))
+
+
+def _filter_text(data: Any) -> dict[str, str]:
+    if not isinstance(data, Mapping):
+        return {}
+    out: dict[str, str] = {}
+    for name, value in list(data.items())[:MAX_FILTER_FIELDS]:
+        if isinstance(value, bool | int | float):
+            text = json.dumps(value)
+        elif isinstance(value, str):
+            text = value
+        else:
+            continue  # objects, lists, null: present or not, never equal to a query's text
+        if len(text) <= MAX_FILTER_CHARS and FILTER_FIELD.fullmatch(str(name)):
+            out[str(name)] = text
+    return out
+
+
+def _analysis_filters(
+    success_evaluation: str | None, structured_data: Mapping[str, str | None] | None
+) -> list[ColumnElement[bool]]:
+    clauses: list[ColumnElement[bool]] = []
+    if success_evaluation is not None:
+        clauses.append(CallRow.analysis["successEvaluation"].as_string() == success_evaluation)
+    for name, value in (structured_data or {}).items():
+        if not FILTER_FIELD.fullmatch(name):
+            raise ValueError(f"not a field name: {name[:80]!r}")
+        if value is None:
+            present = CallRow.analysis[("structuredData", name)].as_string()
+            clauses.append(present.is_not(None))
+        else:
+            clauses.append(CallRow.analysis[(FILTER_TEXT, name)].as_string() == value)
+    return clauses
 
 
 def _scope(tenant_id: str | None) -> ColumnElement[bool]:
@@ -405,6 +551,8 @@ def _record(row: CallRow, **children: Any) -> CallRecord:
         node_id=row.node_id,
         costs=list(row.costs or []),
         metadata=dict(row.metadata_ or {}),
+        recording=dict(row.recording) if isinstance(row.recording, dict) else None,
+        analysis=dict(row.analysis) if isinstance(row.analysis, dict) else None,
         **children,
     )
 

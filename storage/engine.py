@@ -71,11 +71,15 @@ def make_engine(
     pool_recycle: int = 1800,
     busy_timeout_ms: int = 5000,
     echo: bool = False,
+    foreign_keys: bool = True,
 ) -> AsyncEngine:
-    """An engine for `url`; pool options apply to PostgreSQL, `busy_timeout_ms` to SQLite."""
+    """An engine for `url`; pool options apply to PostgreSQL, `busy_timeout_ms` and
+    `foreign_keys` to SQLite. Migrations turn SQLite's foreign keys off: a batch ALTER copies a
+    table and drops the old one, and that drop would cascade to every row referencing it (they
+    check `PRAGMA foreign_key_check` after)."""
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, busy_timeout_ms, echo)
+        return _sqlite_engine(parsed, busy_timeout_ms, echo, foreign_keys)
     return create_async_engine(
         parsed,
         echo=echo,
@@ -90,7 +94,9 @@ def make_engine(
     )
 
 
-def _sqlite_engine(url: URL, busy_timeout_ms: int, echo: bool) -> AsyncEngine:
+def _sqlite_engine(
+    url: URL, busy_timeout_ms: int, echo: bool, foreign_keys: bool = True
+) -> AsyncEngine:
     in_memory = url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
     options: dict[str, Any] = {"echo": echo}
     if in_memory:
@@ -107,7 +113,7 @@ def _sqlite_engine(url: URL, busy_timeout_ms: int, echo: bool) -> AsyncEngine:
             # WAL: readers (the API) never block the writer (the call recorder) and vice versa.
             cursor.execute("PRAGMA journal_mode=WAL")
             # SQLite ignores foreign keys unless asked, per connection.
-            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
             # Wait for a concurrent writer instead of failing at once with "database is locked".
             cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             # FULL: a committed turn survives power loss, not only a process crash. Commits are

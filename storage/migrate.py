@@ -107,6 +107,16 @@ async def ensure_migrated(engine: AsyncEngine) -> None:
     )
 
 
+def _check_foreign_keys(connection: Connection) -> None:
+    """With SQLite's foreign keys off during the migration, nothing checked them: a row left
+    pointing nowhere fails the migration (rolled back) instead of surfacing later."""
+    if connection.dialect.name != "sqlite":
+        return
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        raise RuntimeError(f"migration left rows with broken foreign keys: {broken[:5]}")
+
+
 async def _current(engine: AsyncEngine) -> str | None:
     def read(connection: Connection) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
@@ -118,7 +128,7 @@ async def _current(engine: AsyncEngine) -> str | None:
 async def _run(
     url: str, action: _Action, secret_key: str | None, key_source: str = "AVA_SECRET_KEY"
 ) -> None:
-    engine = make_engine(url)
+    engine = make_engine(url, foreign_keys=False)  # see make_engine: SQLite's batch ALTERs
     key = ServerKey(secret_key, key_source) if secret_key else None
     try:
         async with engine.begin() as connection:
@@ -134,6 +144,7 @@ async def _run(
                 action(config)
                 if key is not None:
                     check_key_sync(sync_connection, key)  # recorded, if the schema has room now
+                _check_foreign_keys(sync_connection)
 
             await connection.run_sync(run)
     finally:

@@ -261,9 +261,16 @@ class CallRecorder:
             }
             await w.add_event(call_id, "tool-call-failed", data, at=at)
         elif isinstance(event, CallEnded):
-            if event.summary:
-                await w.add_event(call_id, "summary", dict(event.summary), at=at)
+            # The priced costs (control/call_costs.py) go to calls.costs, not into the summary.
+            summary = {
+                k: v for k, v in event.summary.items() if k not in ("costs", "costBreakdown")
+            }
+            if summary:
+                await w.add_event(call_id, "summary", summary, at=at)
             await w.finish_call(call_id, event.reason.value, event.detail, ended_at=at)
+            costs = event.summary.get("costs")
+            if isinstance(costs, list) and costs:
+                await w.set_costs(call_id, costs)
 
 
 def _segments(batch: list[CallEvent]) -> list[list[CallEvent]]:

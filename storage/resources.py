@@ -123,6 +123,8 @@ class PhoneNumberRecord:
     server: dict[str, Any] | None
     created_at: datetime
     updated_at: datetime
+    # AVA's notificationPlan (voice.notification_plan), merged over the assistant's per call.
+    notification_plan: dict[str, Any] | None = None
 
     def to_vapi(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -133,7 +135,12 @@ class PhoneNumberRecord:
             "status": "active",
         }
         server = None if self.server is None else without_secrets(self.server, in_server=True)
-        optional = {"name": self.name, "assistantId": self.assistant_id, "server": server}
+        optional = {
+            "name": self.name,
+            "assistantId": self.assistant_id,
+            "server": server,
+            "notificationPlan": self.notification_plan,
+        }
         return out | {k: v for k, v in optional.items() if v is not None}
 
 
@@ -275,6 +282,7 @@ class PhoneNumberStore(_Scoped):
         name: str | None = None,
         assistant_id: str | None = None,
         server: dict[str, Any] | None = None,
+        notification_plan: dict[str, Any] | None = None,
     ) -> PhoneNumberRecord:
         """Raises ValueError (not E.164), NotFound (assistant not in this tenant) or Conflict
         (number already imported, by any tenant)."""
@@ -288,6 +296,7 @@ class PhoneNumberStore(_Scoped):
             name=name,
             assistant_id=assistant_id,
             server=None if server is None else self._seal_server(server),
+            notification_plan=notification_plan,
             twilio_account_sid=credentials.account_sid,
             credentials_encrypted=self._encrypt(credentials),
         )
@@ -316,6 +325,7 @@ class PhoneNumberStore(_Scoped):
         assistant_id: str | None | Unset = UNSET,
         server: dict[str, Any] | None | Unset = UNSET,
         credentials: TwilioCredentials | Unset = UNSET,
+        notification_plan: dict[str, Any] | None | Unset = UNSET,
     ) -> PhoneNumberRecord | None:
         async with self._sessions() as session, session.begin():
             row = await self._row(session, PhoneNumberRow, tenant_id, phone_number_id)
@@ -335,6 +345,8 @@ class PhoneNumberStore(_Scoped):
             if not isinstance(credentials, Unset):
                 row.twilio_account_sid = credentials.account_sid
                 row.credentials_encrypted = self._encrypt(credentials)
+            if not isinstance(notification_plan, Unset):
+                row.notification_plan = notification_plan
             row.updated_at = utcnow()
         return self._record(row)
 
@@ -369,6 +381,7 @@ class PhoneNumberStore(_Scoped):
         return PhoneNumberRecord(
             row.id, row.tenant_id, row.number, row.provider, row.name, row.assistant_id,
             row.twilio_account_sid, server, row.created_at, row.updated_at,
+            row.notification_plan,
         )  # fmt: skip
 
     def _encrypt(self, credentials: TwilioCredentials) -> str:

@@ -98,7 +98,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 JsonType = JSON().with_variant(JSONB(), "postgresql")
 
 CallType = Literal["inboundPhoneCall", "outboundPhoneCall", "webCall"]
-CallStatus = Literal["queued", "ringing", "in-progress", "forwarding", "ended"]
+CallStatus = Literal["scheduled", "queued", "ringing", "in-progress", "forwarding", "ended"]
 CALL_TYPES: tuple[str, ...] = get_args(CallType)
 CALL_STATUSES: tuple[str, ...] = get_args(CallStatus)
 
@@ -140,6 +140,8 @@ class TenantRow(Base):
     created_at: Mapped[datetime] = _created()
     # Concurrent calls this tenant may have; None: the operator's default (tenant_max_calls).
     max_calls: Mapped[int | None] = mapped_column(Integer)
+    # Days a call's recording is kept; None: the operator's default (recording_retention_days).
+    recording_retention_days: Mapped[int | None] = mapped_column(Integer)
 
 
 class ApiKeyRow(Base):
@@ -197,6 +199,8 @@ class PhoneNumberRow(Base):
     twilio_account_sid: Mapped[str] = mapped_column(String(64))
     credentials_encrypted: Mapped[str] = mapped_column(Text)  # Fernet token (ASCII)
     server: Mapped[dict[str, Any] | None]
+    # AVA's notificationPlan (e-mail summaries), merged over the assistant's (migration 0008).
+    notification_plan: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 
@@ -208,6 +212,7 @@ class CallRow(Base):
         Index("ix_calls_tenant_assistant", "tenant_id", "assistant_id", "created_at"),
         Index("ix_calls_status_node", "status", "node_id"),
         Index("ix_calls_twilio_call_sid", "twilio_call_sid"),
+        Index("ix_calls_status_scheduled", "status", "scheduled_at"),
         CheckConstraint(f"type IN ({_quoted(CALL_TYPES)})", name="type"),
         CheckConstraint(f"status IN ({_quoted(CALL_STATUSES)})", name="status"),
     )
@@ -231,7 +236,13 @@ class CallRow(Base):
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
     node_id: Mapped[str | None] = mapped_column(String(128))
+    # A scheduled call (status "scheduled"): when it may be placed.
+    scheduled_at: Mapped[datetime | None]
     costs: Mapped[list[dict[str, Any]]] = mapped_column(JsonType, default=list)
+    # Vapi's call.analysis (summary, structuredData, successEvaluation) once the analysis ran.
+    analysis: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    # The stored recording (store keys, format, duration, state); URLs are derived on read.
+    recording: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     # "metadata" is reserved on declarative classes, hence the attribute name.
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, default=dict)
 

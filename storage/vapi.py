@@ -5,17 +5,52 @@ Durations in the database are seconds; Vapi speaks milliseconds in messages and 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from storage.crypto import without_secrets
+from voice.recording_urls import RECORDING_BASE_URL, recording_artifact
 
 if TYPE_CHECKING:
     from storage.calls import CallMessage, CallRecord, CallTurn
 
-__all__ = ["iso", "to_vapi"]
+__all__ = [
+    "BREAKDOWN_FIELDS",
+    "CUSTOMER",
+    "PLACE_URLS",
+    "SCHEDULE_PLAN",
+    "UNKNOWN_VARIABLES",
+    "VARIABLE_VALUES",
+    "cost_breakdown",
+    "iso",
+    "to_vapi",
+]
+
+# Keys of a call's stored metadata that to_vapi shows as fields of their own.
+CUSTOMER = "customer"  # what POST /call was told of the customer besides the number
+VARIABLE_VALUES = "variableValues"
+UNKNOWN_VARIABLES = "unknownVariables"
+SCHEDULE_PLAN = "schedulePlan"  # Vapi's, as POST /call gave it (a scheduled or batch call)
+PLACE_URLS = "placeUrls"  # where a scheduled call's media stream and status callbacks go; internal
 
 _SPEAKERS = {"user": "User", "bot": "AI"}
+_ANALYSIS = ("summary", "structuredData", "successEvaluation", "errors")  # as stored, shown
+# costBreakdown's fields (Vapi's order), and where each cost item's amount goes.
+BREAKDOWN_FIELDS = (
+    "transport", "stt", "llm", "tts", "vapi", "chat", "total",
+    "llmPromptTokens", "llmCompletionTokens", "llmCachedPromptTokens", "ttsCharacters",
+)  # fmt: skip
+_BREAKDOWN_OF = {
+    "transport": "transport", "transcriber": "stt", "model": "llm", "voice": "tts", "vapi": "vapi",
+}  # fmt: skip
+_TOKENS = {
+    "llmPromptTokens": "promptTokens",
+    "llmCompletionTokens": "completionTokens",
+    "llmCachedPromptTokens": "cachedPromptTokens",
+}
+_COST_DECIMALS = 6  # USD, as voice.pricing rounds each item
 # Vapi's turnLatencies keys ← voice.events.TurnLatency fields.
 _LATENCIES = {
     "modelLatency": "llm_ttft",
@@ -83,12 +118,44 @@ def to_vapi(call: CallRecord) -> dict[str, Any]:
         # AVA extension (Vapi has no such field): every provider failure of the call, including
         # those it survived (`recovered`: the adapter reconnected a dropped socket by itself).
         out["providerErrors"] = failures
+    if call.analysis is not None:
+        # Vapi's call.analysis (AVA's `errors` in it: the parts that failed, and why), and its
+        # legacy top-level `summary`, which many webhook handlers still read.
+        analysis = {k: call.analysis[k] for k in _ANALYSIS if k in call.analysis}
+        out["analysis"] = analysis
+        out["summary"] = analysis.get("summary", "")
+    breakdown = cost_breakdown(call.costs)
     out["costs"] = list(call.costs)
-    out["cost"] = round(sum(float(c.get("cost", 0) or 0) for c in call.costs), 6)
+    out["cost"] = breakdown["total"]
+    out["costBreakdown"] = breakdown  # Vapi's, also its legacy top-level field: the same one
     metadata = dict(call.metadata)
+    customer = metadata.pop(CUSTOMER, None)
+    if isinstance(customer, dict) and "customer" in out:
+        out["customer"] = {**customer, **out["customer"]}
     if isinstance(metadata.get("assistant"), dict):
-        # a transient assistant given to POST /call; its secrets are write-only, as stored ones
+        # the call's own assistant (transient, or with assistantOverrides merged in: the
+        # effective one); its secrets are write-only, as stored ones
         out["assistant"] = without_secrets(metadata.pop("assistant"))
+    variables = metadata.pop(VARIABLE_VALUES, None)
+    if isinstance(variables, dict):
+        out["artifact"]["variableValues"] = variables  # Vapi's: what the templates saw
+    plan = metadata.pop(SCHEDULE_PLAN, None)
+    if isinstance(plan, dict):
+        out[SCHEDULE_PLAN] = plan
+    metadata.pop(PLACE_URLS, None)
+    unknown = metadata.pop(UNKNOWN_VARIABLES, None)
+    if isinstance(unknown, list):
+        # AVA extension: variables the call's templates named that it did not have (rendered
+        # empty); Vapi leaves them unrendered and says nothing.
+        out["unknownVariables"] = unknown
+    # Recording URLs, derived from the call's download base (never stored as URLs).
+    base = metadata.pop(RECORDING_BASE_URL, None)
+    recording = call.recording or {}
+    if isinstance(base, str) and recording.get("state") == "closed":
+        urls = recording_artifact(base, call.id)
+        out["artifact"].update(urls)
+        out["recordingUrl"] = urls["recordingUrl"]  # the legacy top-level fields
+        out["stereoRecordingUrl"] = urls["stereoRecordingUrl"]
     if metadata:
         out["metadata"] = metadata
     return out
@@ -147,3 +214,34 @@ def _metrics(turns: tuple[CallTurn, ...], barge_ins: int) -> dict[str, Any]:
         for key in _LATENCIES:
             metrics[f"{key}Average"] = round(sum(t[key] for t in latencies) / len(latencies), 1)
     return metrics
+
+
+def cost_breakdown(costs: Sequence[Any]) -> dict[str, Any]:
+    """Vapi's `costBreakdown` from a call's `costs[]` (voice.pricing's items; anything else
+    counts in the total only, so a cost type added later is never lost from it)."""
+    out: dict[str, Any] = dict.fromkeys(BREAKDOWN_FIELDS, 0)
+    for item in costs:
+        if not isinstance(item, dict):
+            continue
+        cost = _amount(item.get("cost"))
+        out["total"] += cost
+        kind = item.get("type")
+        if kind in _BREAKDOWN_OF:
+            out[_BREAKDOWN_OF[kind]] += cost
+        if kind == "model":
+            for field, key in _TOKENS.items():
+                out[field] += int(_amount(item.get(key)))
+        elif kind == "voice":
+            out["ttsCharacters"] += int(_amount(item.get("characters")))
+    for field in ("transport", "stt", "llm", "tts", "vapi", "chat", "total"):
+        out[field] = round(out[field], _COST_DECIMALS)
+    out["analysisCostBreakdown"] = {}
+    return out
+
+
+def _amount(value: Any) -> float:
+    # JSON numbers come back exactly int or float (a bool, NaN, ∞ or anything else counts 0);
+    # exact type checks: analytics folds up to 100k calls' costs per request.
+    if type(value) is int or type(value) is float:
+        return float(value) if 0 <= value < math.inf else 0.0
+    return 0.0

@@ -199,6 +199,12 @@ class CallWrites:
         )
         return True
 
+    async def set_costs(self, call_id: str, costs: list[dict[str, Any]]) -> None:
+        """The call's priced `costs[]` (voice.pricing), whichever end was recorded first."""
+        await self._session.execute(
+            update(CallRow).where(CallRow.id == call_id).values(costs=list(costs))
+        )
+
     async def finish_call(
         self, call_id: str, reason: str, detail: str = "", ended_at: datetime | None = None
     ) -> bool:

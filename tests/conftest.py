@@ -6,6 +6,8 @@ import asyncio
 import atexit
 import functools
 import json
+import logging
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -17,11 +19,19 @@ from typing import Any, TypeVar
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from control.providers import OPERATOR_KEYS, ProviderKeys
 from control.server import DrainingServer
 from control.settings import Settings
+from media.twilio.caller import CallReport
 from storage import default_sqlite_url, upgrade
+from voice.analysis import (
+    STRUCTURED_DATA_MESSAGES,
+    SUCCESS_EVALUATION_MESSAGES,
+    SUMMARY_MESSAGES,
+)
 from voice.assistant import Assistant
 from voice.greeting import GreetingCache
 from voice.session import Engines
@@ -29,6 +39,10 @@ from voice.testing import ScriptedLlm, ScriptedStt, ToneTts
 from voice.vad import EnergyVad
 
 T = TypeVar("T")
+
+# A failing call test shows its session's events and turn actions (captured, printed on failure):
+# timing failures on a loaded machine are otherwise guesswork.
+logging.getLogger("ava.call").setLevel(logging.DEBUG)
 
 
 @asynccontextmanager
@@ -139,3 +153,55 @@ def settings_for(assistant: Path, tmp_path: Path, **overrides: Any) -> Settings:
         _env_file=None,  # type: ignore[call-arg]
         **overrides,
     )
+
+
+def heard_after_barge_in(report: CallReport) -> float:
+    """Seconds from the caller's barge-in onset until the assistant's audio stopped playing at
+    the phone (the output pauses at the onset; what was queued plays out)."""
+    onset = report.barge_in_onset
+    assert onset is not None, "no barge-in in the script"
+    ends = [
+        start + len(audio) / 8000 for start, audio in report.trace.played if start <= onset + 0.5
+    ]
+    return max(ends, default=onset) - onset
+
+
+# Tests may read the environment; the application code may not.
+REDIS_URL = os.environ.get("AVA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    """The machine's Redis (mark the test `redis`); unreachable: skipped, or failed when CI=true."""
+    client = Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        reason = f"Redis at {REDIS_URL} is unreachable: {exc!r}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI=true: redis tests must run)")
+        pytest.skip(reason)
+    finally:
+        await client.aclose()
+    yield REDIS_URL
+
+
+# Their system prompts up to the first {{variable}} (the rubric, the schema are rendered in).
+_ANALYSIS_PROMPTS = tuple(
+    messages[0].content.split("{{")[0]
+    for messages in (SUMMARY_MESSAGES, STRUCTURED_DATA_MESSAGES, SUCCESS_EVALUATION_MESSAGES)
+)
+
+
+def conversation(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A fake LLM's chat requests that belong to the conversation: without the post-call
+    analysis (Vapi's default plan asks the call's own model for a summary and a success
+    evaluation once the call has ended)."""
+    return [
+        r
+        for r in requests
+        if not (
+            r.get("messages")
+            and str(r["messages"][0].get("content") or "").startswith(_ANALYSIS_PROMPTS)
+        )
+    ]

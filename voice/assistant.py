@@ -10,6 +10,11 @@ string length for the whole document (`voice.json_bounds`), Vapi's own maximum s
 states them and AVA's where it does not (each field's comment says which), and every URL AVA
 would later follow must be http(s) (the address it resolves to is checked when connecting:
 `voice.egress`).
+
+Text the caller hears or the model reads may hold Vapi's `{{variable}}` templates
+(`voice.variables`): a template that does not parse makes the assistant invalid, naming the
+field; `personalize` renders them once per call, and `with_overrides` applies Vapi's
+`assistantOverrides`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,21 +32,41 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
 
+from voice.analysis_plan import AnalysisPlan
+from voice.artifact_plan import ArtifactPlan
 from voice.egress import check_url_scheme
 from voice.errors import ConfigError
 from voice.json_bounds import MAX_DEPTH, JsonBounds, check_json
+from voice.notification_plan import NotificationPlan
+from voice.variables import (
+    TemplateError,
+    builtin_variables,
+    check_template,
+    check_tool_templates,
+    merge_overrides,
+    render_templates,
+)
+from voice.voicemail import VoicemailDetection
 
 __all__ = [
     "DEFAULT_SERVER_MESSAGES",
     "Assistant",
+    "Hook",
+    "HookAction",
+    "HookFilter",
+    "HookOptions",
+    "KeypadInputPlan",
     "KeywordRule",
     "ModelConfig",
+    "Personalized",
     "StartSpeakingPlan",
     "StopSpeakingPlan",
     "TranscriberConfig",
@@ -48,6 +75,8 @@ __all__ = [
     "check_server",
     "check_tool",
     "load_assistant",
+    "personalize",
+    "with_overrides",
 ]
 
 DEFAULT_ACKNOWLEDGEMENTS = [
@@ -76,6 +105,10 @@ MAX_TOOL_CHARS = 32 * 1024  # one tool, as JSON: name, description, parameters s
 MAX_PHRASES = 32  # endCallPhrases entries
 MAX_PHRASE_CHARS = 140  # one end-call phrase: Vapi's limit
 MAX_METADATA_CHARS = 16 * 1024  # metadata as JSON: it rides along in every webhook
+MAX_VARIABLE_CHARS = 16 * 1024  # variableValues as JSON: the call's record keeps them
+# Validation context of an assistant whose templates are already rendered: what variables put
+# into its text is the caller's data (a name may hold "{{"), never parsed again.
+RENDERED = "rendered"
 MAX_FALLBACK_MODELS = 8
 SERVER_TIMEOUT_RANGE = (1.0, 300.0)  # server.timeoutSeconds: Vapi's range (default 20)
 # A stored tool goes into an assistant's model.tools (assistant > model > tools > tool): three
@@ -126,10 +159,17 @@ def check_server(server: Any, where: str = "server") -> None:
         raise ValueError(f"{where}.secret must be a string")
 
 
-def check_tool(tool: Any, where: str = "") -> None:
+def _rendered(info: ValidationInfo | None) -> bool:
+    return bool(
+        info is not None and isinstance(info.context, Mapping) and info.context.get(RENDERED)
+    )
+
+
+def check_tool(tool: Any, where: str = "", *, templates: bool = True) -> None:
     """A Vapi tool (inline in `model.tools` or stored through `/tool`, where `where` is "")
-    bounded in size, and its `server` (and its transfer destinations' servers) usable. Raises
-    ValueError naming the field."""
+    bounded in size, its `server` (and its transfer destinations' servers) usable, and its
+    templates (`voice.variables`) parsable unless `templates` is False. Raises ValueError
+    naming the field."""
     if not isinstance(tool, Mapping):
         raise ValueError(f"{where or 'tool'} must be an object")
     check_json(tool, _TOOL_BOUNDS, at=(where,) if where else ())
@@ -141,6 +181,8 @@ def check_tool(tool: Any, where: str = "") -> None:
         for i, destination in enumerate(destinations):
             if isinstance(destination, Mapping):
                 check_server(destination.get("server"), _at(where, f"destinations[{i}].server"))
+    if templates:
+        check_tool_templates(tool, where)
 
 
 class _Vapi(BaseModel):
@@ -196,21 +238,28 @@ class ModelConfig(_Vapi):
 
     @field_validator("messages")
     @classmethod
-    def _bounded_prompt(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _bounded_prompt(
+        cls, messages: list[dict[str, Any]], info: ValidationInfo
+    ) -> list[dict[str, Any]]:
         if len(messages) > MAX_MESSAGES:
             raise ValueError(f"at most {MAX_MESSAGES} messages")
         total = sum(_json_chars(m.get("content", "")) for m in messages)
         if total > MAX_PROMPT_CHARS:
             raise ValueError(f"content over {MAX_PROMPT_CHARS} characters in all")
+        if not _rendered(info):
+            for i, message in enumerate(messages):
+                check_template(message.get("content"), f"messages[{i}].content")
         return messages
 
     @field_validator("tools")
     @classmethod
-    def _bounded_tools(cls, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _bounded_tools(
+        cls, tools: list[dict[str, Any]], info: ValidationInfo
+    ) -> list[dict[str, Any]]:
         if len(tools) > MAX_TOOLS:
             raise ValueError(f"at most {MAX_TOOLS} tools")
         for i, tool in enumerate(tools):
-            check_tool(tool, f"tools[{i}]")
+            check_tool(tool, f"tools[{i}]", templates=not _rendered(info))
         return tools
 
     @model_validator(mode="after")
@@ -287,6 +336,136 @@ class StopSpeakingPlan(_Vapi):
     interruption_phrases: list[str] = Field(default_factory=lambda: list(DEFAULT_INTERRUPTIONS))
 
 
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
+MAX_DELIMITERS = 4  # AVA's: Vapi lists `#`, `*` and "" (none)
+
+
+class KeypadInputPlan(_Vapi):
+    """Vapi's `keypadInputPlan`: the caller's keypad digits, gathered, are their turn."""
+
+    enabled: bool = False
+    timeout_seconds: float = Field(default=2.0, ge=0, le=10)  # Vapi's default and range
+    # Vapi's "" means no delimiter: it is kept out, so every entry is one DTMF key.
+    delimiters: list[str] = Field(default_factory=list, max_length=MAX_DELIMITERS)
+
+    @field_validator("delimiters")
+    @classmethod
+    def _dtmf_keys(cls, delimiters: list[str]) -> list[str]:
+        keys = [d for d in delimiters if d != ""]
+        for key in keys:
+            if len(key) != 1 or key not in DTMF_DIGITS:
+                raise ValueError(f"delimiter {key!r} is not a keypad key (0-9, *, #, A-D)")
+        return keys
+
+
+MAX_HOOKS = 8  # AVA's
+MAX_HOOK_ACTIONS = 4  # AVA's
+MAX_IDLE_MESSAGES = 16  # AVA's: `exact` entries of one `say`
+
+
+class HookOptions(_Vapi):
+    timeout_seconds: float = Field(default=7.5, ge=1, le=3600)  # Vapi's default
+    trigger_max_count: int = Field(default=3, ge=1, le=100)  # Vapi's default
+    trigger_reset_mode: Literal["never", "onUserSpeech"] = "never"  # Vapi's default
+
+
+class HookAction(_Vapi):
+    """What a hook does, of Vapi's actions the ones AVA runs: `say` exact words (one of them,
+    in turn), and a tool: `endCall` (after the words have been heard) for an idle hook, a
+    `function` tool (its server called once) for `call.ending`."""
+
+    type: Literal["say", "tool"]
+    exact: list[Annotated[str, Field(min_length=1, max_length=MAX_MESSAGE_CHARS)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_IDLE_MESSAGES
+    )
+    tool: dict[str, Any] | None = None
+
+    @field_validator("exact", mode="before")
+    @classmethod
+    def _one_or_many(cls, exact: Any) -> Any:
+        return [exact] if isinstance(exact, str) else exact  # Vapi takes a string or a list
+
+    @field_validator("exact")
+    @classmethod
+    def _parsable(cls, exact: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if exact and not _rendered(info):
+            for k, text in enumerate(exact):
+                try:
+                    check_template(text, f"exact[{k}]")
+                except TemplateError as exc:
+                    raise ValueError(str(exc)) from exc
+        return exact
+
+    @model_validator(mode="after")
+    def _supported(self) -> HookAction:
+        extra = self.model_extra or {}
+        if self.type == "say":
+            if "prompt" in extra:
+                raise ValueError("say.prompt is not supported: give the words in say.exact")
+            if not self.exact:
+                raise ValueError("say needs exact: the words to say")
+        elif self.tool is None or self.tool.get("type") not in ("endCall", "function"):
+            raise ValueError(
+                "of the tools, a hook can only run {'type': 'endCall'} (customer.speech.timeout) "
+                "or a function tool (call.ending)"
+            )
+        elif self.tool.get("type") == "function":
+            function = self.tool.get("function")
+            if not isinstance(function, Mapping) or not function.get("name"):
+                raise ValueError("a function tool needs function.name")
+            check_tool(self.tool, "tool", templates=False)
+        return self
+
+
+MAX_HOOK_FILTERS = 4  # AVA's
+MAX_FILTER_VALUES = 64  # AVA's
+
+
+class HookFilter(_Vapi):
+    """Vapi's hook filter; of its keys AVA has `call.endedReason` (on `call.ending`)."""
+
+    type: Literal["oneOf"]
+    key: Literal["call.endedReason"]
+    one_of: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        min_length=1, max_length=MAX_FILTER_VALUES
+    )
+
+    def matches(self, ended_reason: str) -> bool:
+        # Vapi: "pipeline-error" is a catch-all for every pipeline-error-* reason.
+        return any(
+            ended_reason == value
+            or (value == "pipeline-error" and ended_reason.startswith("pipeline-error-"))
+            for value in self.one_of
+        )
+
+
+class Hook(_Vapi):
+    """Vapi's `hooks` entry. AVA runs `customer.speech.timeout` (idle messages) and
+    `call.ending` (say a last line, call a tool; `filters` on the ended reason); other events
+    are refused rather than silently never fired."""
+
+    on: Literal["customer.speech.timeout", "call.ending"]
+    options: HookOptions = Field(default_factory=HookOptions)
+    do: list[HookAction] = Field(min_length=1, max_length=MAX_HOOK_ACTIONS)
+    filters: list[HookFilter] = Field(default_factory=list, max_length=MAX_HOOK_FILTERS)
+
+    @model_validator(mode="after")
+    def _fits_event(self) -> Hook:
+        kinds = {action.tool.get("type") for action in self.do if action.tool is not None}
+        if self.on == "customer.speech.timeout":
+            if kinds - {"endCall"}:
+                raise ValueError("a customer.speech.timeout hook can only run the endCall tool")
+            if self.filters:
+                raise ValueError("filters apply to call.ending hooks only")
+        elif kinds - {"function"}:
+            raise ValueError("a call.ending hook runs function tools only: the call is ending")
+        return self
+
+    def matches(self, ended_reason: str) -> bool:
+        """Every filter matches (no filter: every reason)."""
+        return all(f.matches(ended_reason) for f in self.filters)
+
+
 class Assistant(_Vapi):
     name: str = Field(default="Assistant", max_length=40)  # Vapi's limit
     # Vapi states no limit; AVA takes Vapi's endCallMessage one: it is synthesized per call.
@@ -306,6 +485,8 @@ class Assistant(_Vapi):
     max_duration_seconds: float = Field(default=600, ge=10, le=43_200)
     end_call_message: str | None = Field(default=None, max_length=MAX_MESSAGE_CHARS)  # Vapi's
     voicemail_message: str | None = Field(default=None, max_length=MAX_MESSAGE_CHARS)  # Vapi's
+    # Vapi's; "off" (its default) reads as None. AVA runs the twilio provider (voice/voicemail.py).
+    voicemail_detection: VoicemailDetection | None = None
     end_call_phrases: list[Annotated[str, Field(max_length=MAX_PHRASE_CHARS)]] = Field(
         default_factory=list, max_length=MAX_PHRASES
     )
@@ -314,6 +495,46 @@ class Assistant(_Vapi):
     )
     server_messages: list[str] = Field(default_factory=lambda: list(DEFAULT_SERVER_MESSAGES))
     metadata: dict[str, Any] = Field(default_factory=dict)
+    keypad_input_plan: KeypadInputPlan = Field(default_factory=KeypadInputPlan)
+    artifact_plan: ArtifactPlan = Field(default_factory=ArtifactPlan)  # voice.artifact_plan
+    hooks: list[Hook] = Field(default_factory=list, max_length=MAX_HOOKS)
+    # What is worked out from the call once it ends (voice.analysis_plan, control.post_call).
+    analysis_plan: AnalysisPlan = Field(default_factory=AnalysisPlan)
+    # AVA extension: who is told about the call once it ends (voice.notification_plan,
+    # control.email_summaries); a phone number's plan is merged over it.
+    notification_plan: NotificationPlan = Field(default_factory=NotificationPlan)
+    # Vapi's `assistantOverrides.variableValues`, kept on the effective assistant of a call (its
+    # overrides merged in) until the call renders its templates; on a stored assistant, defaults.
+    variable_values: dict[str, Any] | None = None
+    # Set by `personalize` when the greeting was rendered for this call: it is not kept in the
+    # greeting cache (shared by all calls), where per-customer lines would evict the others.
+    _personal_greeting: bool = PrivateAttr(default=False)
+
+    @property
+    def personal_greeting(self) -> bool:
+        return self._personal_greeting
+
+    @field_validator("voicemail_detection", mode="before")
+    @classmethod
+    def _detection_off(cls, value: Any) -> Any:
+        return None if value == "off" else value
+
+    @field_validator("first_message", "end_call_message", "voicemail_message")
+    @classmethod
+    def _parsable(cls, text: str | None, info: ValidationInfo) -> str | None:
+        if not _rendered(info):
+            try:
+                check_template(text, "")
+            except TemplateError as exc:
+                raise ValueError(exc.reason) from exc
+        return text
+
+    @field_validator("variable_values")
+    @classmethod
+    def _bounded_values(cls, values: dict[str, Any] | None) -> dict[str, Any] | None:
+        if values is not None and _json_chars(values) > MAX_VARIABLE_CHARS:
+            raise ValueError(f"over {MAX_VARIABLE_CHARS} characters as JSON")
+        return values
 
     @field_validator("server")
     @classmethod
@@ -342,6 +563,62 @@ class Assistant(_Vapi):
             server["secret"] = secret
         data.setdefault("server", server)
         return data
+
+
+def with_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Assistant:
+    """The effective assistant: Vapi's `assistantOverrides` deep-merged onto `base` (an
+    assistant's JSON) and validated like any assistant. Raises ValidationError (its locations
+    are the effective assistant's fields) or ValueError for a malformed `tools:append`."""
+    return Assistant.model_validate(merge_overrides(base, overrides))
+
+
+@dataclass(frozen=True, slots=True)
+class Personalized:
+    """A call's assistant with its templates rendered, the variables they were rendered with,
+    those they named that the call did not have, and how many templates it had."""
+
+    assistant: Assistant
+    variables: dict[str, Any]
+    unknown: tuple[str, ...]
+    templates: int = 0
+
+
+def personalize(
+    assistant: Assistant,
+    *,
+    now: datetime,
+    customer: Mapping[str, Any] | None = None,
+    timezone: str | None = None,
+) -> Personalized:
+    """Render `assistant`'s templates once for a call at `now`: Vapi's built-in variables
+    (`voice.variables.builtin_variables`) and the assistant's `variableValues` (which win; a
+    `customer` object in them adds to the built-in one). Raises ConfigError naming the field
+    when a template cannot be rendered or its output breaks a bound of the assistant."""
+    given = dict(assistant.variable_values or {})
+    try:
+        variables = builtin_variables(now, customer=customer, timezone=timezone)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    extra_customer = given.pop("customer", None)
+    if isinstance(extra_customer, Mapping):
+        variables["customer"] = {**variables["customer"], **extra_customer}
+    elif extra_customer is not None:
+        given["customer"] = extra_customer
+    variables |= given
+    try:
+        rendered = render_templates(assistant.to_json(), variables, now)
+    except TemplateError as exc:
+        raise ConfigError(str(exc)) from exc
+    if not rendered.templates:
+        return Personalized(assistant, variables, (), 0)  # nothing changed: as validated
+    try:
+        result = Assistant.model_validate(rendered.data, context={RENDERED: True})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{where}: after rendering its variables: {first['msg']}") from exc
+    result._personal_greeting = result.first_message != assistant.first_message
+    return Personalized(result, variables, rendered.unknown, rendered.templates)
 
 
 def load_assistant(path: Path) -> Assistant:

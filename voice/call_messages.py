@@ -19,8 +19,9 @@ fields)` for `voice.server_messages.envelope`, already filtered by the assistant
 sender arms a timer while `hang_armed` (a committed user turn the assistant has not started
 answering) and calls `hang()` when it fires; one `hang` per turn. `turn` counts from 0 per role.
 
-Costs are usage, priced at 0: AVA has no price table (a self-hosted server pays its providers
-directly); `costs` carries minutes, LLM tokens and TTS characters so a receiver can price them.
+Costs: the report shows the call's `costs[]` and `costBreakdown` as priced when it ended
+(`summary["costs"]` and `summary["costBreakdown"]`, set by the app with `voice.pricing`: the same
+list the stored call keeps), and `cost`, their total; a call nobody priced reports `costs: []`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from voice.events import (
     SpeechStopped,
     TranscriptReceived,
 )
+from voice.recording_urls import RECORDING_BASE_URL, recording_artifact
 from voice.server_messages import iso_time
 from voice.types import EndedReason
 
@@ -59,17 +61,11 @@ class CallMessages:
     call_id: str
     wanted: frozenset[str]
     system_prompts: tuple[str, ...] = ()  # the assistant's system messages, for OpenAI's format
-    model: dict[str, Any] = field(default_factory=dict)  # the assistant's, for `costs`
-    voice: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     started_wall: float | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
     hang_armed: bool = False
     _turns: dict[str, int] = field(default_factory=lambda: {"user": -1, "assistant": -1})
-
-    @property
-    def phone(self) -> bool:
-        return self.metadata.get("type", "inboundPhoneCall").endswith("PhoneCall")
 
     def on(self, event: CallEvent, wall_now: float) -> list[Outgoing]:
         out: list[Outgoing] = []
@@ -179,29 +175,28 @@ class CallMessages:
             return
         started = self.started_wall if self.started_wall is not None else wall_now - event.at
         summary = event.summary if isinstance(event.summary, Mapping) else {}
-        usage = summary.get("usage", {})
         openai = summary.get("messages") or self.openai_messages()
-        costs = [
-            {"type": "transport", "provider": "twilio" if self.phone else "webrtc",
-             "minutes": round(event.at / 60, 4), "cost": 0},
-            {"type": "model", "model": self.model,
-             "promptTokens": int(usage.get("promptTokens", 0)),
-             "completionTokens": int(usage.get("completionTokens", 0)), "cost": 0},
-            {"type": "voice", "voice": self.voice,
-             "characters": int(usage.get("characters", 0)), "cost": 0},
-        ]  # fmt: skip
-        artifact = {
+        priced, breakdown = summary.get("costs"), summary.get("costBreakdown")
+        costs = list(priced) if isinstance(priced, list) else []
+        breakdown = dict(breakdown) if isinstance(breakdown, Mapping) else {"total": 0}
+        artifact: dict[str, Any] = {
             "messages": self.messages,
             "messagesOpenAIFormatted": openai,
             "transcript": transcript,
         }
+        recording: dict[str, Any] = {}
+        if self.metadata.get(RECORDING_BASE_URL):  # the call records: its stable download URLs
+            recording = recording_artifact(self.metadata[RECORDING_BASE_URL], self.call_id)
+            artifact |= recording
         out.append(
             ("end-of-call-report", {
                 "endedReason": reason, "endedMessage": event.detail,
                 "startedAt": iso_time(started), "endedAt": iso_time(started + event.at),
                 "durationSeconds": round(event.at, 3), "durationMs": round(event.at * 1000),
-                "cost": 0, "costs": costs, "messages": self.messages, "transcript": transcript,
+                "cost": breakdown["total"], "costs": costs, "costBreakdown": breakdown,
+                "messages": self.messages, "transcript": transcript,
                 "summary": "", "artifact": artifact, "analysis": {},
+                **{k: recording[k] for k in ("recordingUrl", "stereoRecordingUrl") if recording},
             })
         )  # fmt: skip
 

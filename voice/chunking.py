@@ -1,14 +1,17 @@
-"""LLM text → TTS phrases, so speech starts on the first clause instead of the whole answer.
+"""LLM text → TTS input: whole phrases for request-based TTS, words for streaming-input TTS.
 
-Every cut depends only on the text, never on how the deltas were split: a position whose decision
-needs text that has not arrived yet is left pending and looked at again on the next push.
+`PhraseChunker` cuts clauses, so a request-based TTS starts on the first clause instead of the
+whole answer. `WordChunker` hands a streaming-input TTS each word as soon as it is complete, and
+the TTS service decides when it has enough to speak. Every cut depends only on the text, never on
+how the deltas were split: a position whose decision needs text that has not arrived yet is left
+pending and looked at again on the next push.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["PhraseChunker", "clean_for_speech"]
+__all__ = ["PhraseChunker", "WordChunker", "clean_for_speech"]
 
 _FLUSH = re.compile(r"<flush\s*/>")  # Vapi's control token: cut here whatever the length
 _SENTENCE_END = ".!?"
@@ -42,6 +45,71 @@ def clean_for_speech(text: str) -> str:
 
 def _speakable(text: str) -> str:
     return " ".join(clean_for_speech(text).split())
+
+
+# Text a word cut must not split: a markdown link whose URL is not closed yet, and a prefix of
+# Vapi's `<flush />` token (it contains a space). Held back at most this many characters, so a
+# stray "[" or "<" only delays speech, never silences the rest of the answer.
+_HOLD_CHARS = 200
+_FLUSH_PREFIX = re.compile(r"<(?:f(?:l(?:u(?:s(?:h\s*/?)?)?)?)?)?$")
+_LINE_GUARD = "\x00"  # not a word character, space or markup: `^` rules cannot match after it
+
+
+class WordChunker:
+    """Cuts one streamed reply into word-boundary pieces, markdown removed, each ending in one
+    space (what ElevenLabs asks of streamed text). Use a new chunker for each reply round."""
+
+    def __init__(self) -> None:
+        self._buffer = ""  # text not yet emitted
+        self._line_start = True  # the buffer starts at the beginning of a line
+
+    def push(self, delta: str) -> str:
+        """Add a text delta; return the words it completed ("" when none)."""
+        self._buffer = _FLUSH.sub(" ", self._buffer + delta)
+        cut = self._cut()
+        if cut == 0:
+            return ""
+        return self._emit(cut)
+
+    def flush(self) -> str:
+        """Everything left (the reply is complete)."""
+        return self._emit(len(self._buffer)) if self._buffer else ""
+
+    def _cut(self) -> int:
+        text = self._buffer
+        end = len(text)
+        link = text.rfind("[")
+        if link >= 0 and end - link < _HOLD_CHARS and _open_link(text[link:]):
+            end = link
+        token = _FLUSH_PREFIX.search(text, max(0, end - 12))
+        if token is not None and token.end() == len(text):
+            end = min(end, token.start())
+        return max(text.rfind(c, 0, end) for c in " \n\t") + 1
+
+    def _emit(self, cut: int) -> str:
+        segment, self._buffer = self._buffer[:cut], self._buffer[cut:]
+        if self._line_start:
+            cleaned = clean_for_speech(segment)
+        else:
+            cleaned = clean_for_speech(_LINE_GUARD + segment)[1:]
+        tail = segment[len(segment.rstrip()) :]
+        if tail:
+            self._line_start = "\n" in tail
+        elif segment:
+            self._line_start = False
+        words = cleaned.split()
+        return " ".join(words) + " " if words else ""
+
+
+def _open_link(tail: str) -> bool:
+    """Whether `tail` (from a "[") may still become a markdown link whose URL is incomplete."""
+    close = tail.find("]")
+    if close < 0:
+        return "\n" not in tail
+    after = tail[close + 1 :]
+    if not after:
+        return True  # "(" may come next
+    return after.startswith("(") and ")" not in after and not any(c.isspace() for c in after)
 
 
 class PhraseChunker:

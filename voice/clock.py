@@ -11,7 +11,7 @@ import asyncio
 import time
 from typing import Protocol
 
-__all__ = ["Clock", "MonotonicClock"]
+__all__ = ["Clock", "LoopClock", "MonotonicClock"]
 
 
 class Clock(Protocol):
@@ -31,4 +31,16 @@ class MonotonicClock:
     async def sleep_until(self, deadline: float) -> None:
         delay = deadline - time.monotonic()
         # sleep(0) still yields, which keeps a busy producer from starving the loop.
+        await asyncio.sleep(delay if delay > 0 else 0)
+
+
+class LoopClock:
+    """The running event loop's own time: under `voice.testing.VirtualTimeLoop` a whole call
+    runs in virtual time, faster than real time, with every timer, sleep and timeout agreeing."""
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def sleep_until(self, deadline: float) -> None:
+        delay = deadline - asyncio.get_running_loop().time()
         await asyncio.sleep(delay if delay > 0 else 0)

@@ -7,19 +7,27 @@ before producing anything is replaced by the next one; a failure after output ha
 re-raised (the caller already has part of the answer). Every failure is reported through
 `on_failure` (the session turns it into a `ProviderFailed` event). When nothing is left,
 `ProvidersExhausted` is raised.
+
+A streamed reply round (text fed to the TTS while the LLM writes it) is one attempt: its text is
+kept in the `TextFeed`, so the retry or the next voice gets the same words from the first one (a
+request-based voice gets them as clauses); after audio has started a failure is re-raised, as for
+a phrase.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
 from voice.breaker import BreakerBoard
+from voice.chunking import PhraseChunker
 from voice.clock import Clock
 from voice.errors import ProviderError
-from voice.ports import LanguageModel, TextToSpeech
-from voice.types import ChatMessage, LlmDelta, TtsChunk
+from voice.ports import LanguageModel, TextToSpeech, streaming_input
+from voice.text_feed import TextFeed
+from voice.types import SAMPLE_RATE, ChatMessage, LlmDelta, TtsChunk, WordTiming
 
 __all__ = [
     "Candidate",
@@ -31,6 +39,7 @@ __all__ = [
     "Stage",
     "breaker_key",
     "candidates",
+    "speak_clauses",
 ]
 
 Stage = Literal["stt", "llm", "tts"]
@@ -116,8 +125,9 @@ async def _failover(
     last: ProviderError | None = None
     while (candidate := plan.next(clock.now())) is not None:
         produced = False
+        stream = open_stream(candidate.engine)
         try:
-            async for item in open_stream(candidate.engine):
+            async for item in stream:
                 produced = produced or is_output(item)
                 yield item
         except ProviderError as exc:
@@ -127,9 +137,19 @@ async def _failover(
                 raise  # the listener already has part of it: no silent switch mid-answer
             last = exc
             continue
+        finally:
+            await _aclose(stream)  # closed by our consumer: close the provider's stream now
         plan.succeeded(candidate, clock.now())
         return
     raise ProvidersExhausted(stage, last)
+
+
+async def _aclose(stream: object) -> None:
+    """Close an async generator that may be parked at a yield (its `finally` runs now); a
+    plain async iterator has nothing to close."""
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()
 
 
 class FallbackLlm:
@@ -177,6 +197,12 @@ class FallbackTts:
         self._chain, self._breakers, self._clock = list(chain), breakers, clock
         self._on_failure = on_failure
 
+    @property
+    def streams_text(self) -> bool:
+        """Streamed text when the primary voice takes it; a request-based primary gets clauses
+        from the reply as before (a streaming fallback then gets those clauses too)."""
+        return streaming_input(self._chain[0].engine) is not None
+
     async def synthesize(self, text: str) -> AsyncGenerator[TtsChunk, None]:
         async for chunk in _failover(
             "tts",
@@ -187,3 +213,57 @@ class FallbackTts:
             self._on_failure,
         ):
             yield chunk
+
+    async def synthesize_stream(self, text: TextFeed) -> AsyncGenerator[TtsChunk, None]:
+        async for chunk in _failover(
+            "tts",
+            FailoverPlan(self._chain, self._breakers),
+            lambda voice: _stream_into(voice, text),
+            lambda chunk: bool(chunk.audio),
+            self._clock,
+            self._on_failure,
+        ):
+            yield chunk
+
+
+def _stream_into(voice: TextToSpeech, text: TextFeed) -> AsyncIterator[TtsChunk]:
+    streaming = streaming_input(voice)
+    if streaming is not None:
+        return streaming.synthesize_stream(text)
+    return speak_clauses(voice, text)
+
+
+async def speak_clauses(voice: TextToSpeech, text: TextFeed) -> AsyncGenerator[TtsChunk, None]:
+    """Streamed text through a request-based voice: one request per clause, word times moved
+    onto the audio of the whole stream (the contract of `synthesize_stream`)."""
+    chunker = PhraseChunker()
+    offset = 0.0
+
+    async def say(phrase: str) -> AsyncGenerator[TtsChunk, None]:
+        nonlocal offset
+        text.requested()
+        start = offset
+        chunks = voice.synthesize(phrase)
+        try:
+            async for chunk in chunks:
+                offset += len(chunk.audio) / SAMPLE_RATE
+                words = tuple(
+                    WordTiming(w.word, w.start + start, w.end + start) for w in chunk.words
+                )
+                yield TtsChunk(chunk.audio, words)
+        finally:
+            await _aclose(chunks)
+
+    async def phrases() -> AsyncGenerator[str, None]:
+        async for piece in text:
+            for phrase in chunker.push(piece):
+                yield phrase
+        rest = chunker.flush()
+        if rest:
+            yield rest
+
+    async with contextlib.aclosing(phrases()) as said:
+        async for phrase in said:
+            async with contextlib.aclosing(say(phrase)) as chunks:
+                async for chunk in chunks:
+                    yield chunk

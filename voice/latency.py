@@ -16,8 +16,9 @@ def turn_latency(
 
     With speculation the LLM (and TTS) may start before the turn is confirmed, so only the
     provider time *after* confirmation counts against voice-to-voice; what remains is ours.
-    The LLM's share runs until the first phrase was ready for TTS (a clause of tokens, not just
-    the first token), because the chunker cannot start speech earlier.
+    The LLM's share runs until the TTS was first asked to generate (`tts_first_request`): a
+    clause of tokens for request-based TTS, the first words for streaming-input TTS — not just
+    the first token, because speech cannot start on less.
     """
     speech_end = commit.speech_end
     confirmed = committed_at if committed_at is not None else speech_end

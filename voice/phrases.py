@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 
 __all__ = [
     "find_end_call_phrase",
+    "could_become_acknowledgement",
     "find_phrase",
     "has_interruption_phrase",
     "is_acknowledgement",
@@ -70,6 +71,15 @@ def is_acknowledgement(text: str, phrases: Iterable[str]) -> bool:
             for end, joined in _spans(words, start, longest):
                 covered[end] = covered[end] or joined in known
     return covered[-1]
+
+
+def could_become_acknowledgement(text: str, phrases: Iterable[str]) -> bool:
+    """True when `text` is the start of an acknowledgement still being said: the first interim
+    of "uh-huh" is often "uh", of "got it" "got"."""
+    said = normalize(text).replace(" ", "")
+    return bool(said) and any(
+        target.startswith(said) and target != said for _, target in _squashed(phrases)
+    )
 
 
 def has_interruption_phrase(text: str, phrases: Iterable[str]) -> bool:

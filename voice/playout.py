@@ -1,6 +1,6 @@
 """Playout: a reply's audio sent paced against the playback clock, a mark after each chunk.
 
-At most `max_ahead_seconds` is queued at the far end beyond what has played; each chunk of
+At most `max_ahead_seconds` is queued at the far end (chunk just sent included); each chunk of
 `chunk_seconds` is followed by a mark, and the marks' echoes are the truth of what the caller
 heard (`PlayoutTracker`). Output can be paused (the caller may be starting to barge in) and is
 cleared on a barge-in. One reply plays at a time (`lock`); `playing` is the one on the line.
@@ -12,11 +12,11 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from media.audio_format import AudioFormat
 from media.pacing import Pacer, PlayoutTracker
-from media.transport import CallTransport
+from media.transport import TELEPHONE, CallTransport
 from voice.clock import Clock
 from voice.reply import Reply
-from voice.types import SAMPLE_RATE
 
 __all__ = ["Playing", "Playout"]
 
@@ -37,11 +37,15 @@ class Playout:
         *,
         chunk_seconds: float,
         max_ahead_seconds: float,
+        audio_format: AudioFormat = TELEPHONE,
     ) -> None:
         self.transport = transport
         self.clock = clock
-        self.chunk_bytes = int(chunk_seconds * SAMPLE_RATE)
-        self.pacer = Pacer(max_ahead_seconds)
+        self.audio_format = audio_format
+        self.chunk_bytes = audio_format.bytes_for(chunk_seconds)
+        # At most `max_ahead_seconds` queued at the far end even right after a send: that queue
+        # is what the caller still hears after a barge-in pauses the output.
+        self.pacer = Pacer(max(0.0, max_ahead_seconds - chunk_seconds))
         self.lock = asyncio.Lock()
         self.playing: Playing | None = None
         self._open = asyncio.Event()
@@ -78,7 +82,7 @@ class Playout:
                 now = clock.now()
                 seq += 1
                 name = f"{reply.index}.{seq}"
-                seconds = len(chunk) / SAMPLE_RATE
+                seconds = self.audio_format.seconds(len(chunk))
                 await transport.send_audio(chunk)
                 await transport.send_mark(name)
                 pacer.sent(seconds, now)

@@ -3,32 +3,44 @@
 A `CallSession` knows nothing about Twilio, WebRTC, Deepgram or Piper: it sees a
 `media.transport.CallTransport`, streaming STT/LLM/TTS, a VAD and a turn model, and an
 `EventSink`. Each real implementation and each test fake satisfies these.
+
+Audio is in the call's format (`media.audio_format.AudioFormat`: μ-law 8 kHz on the phone, PCM16
+16 kHz in a browser). An engine that can work in more than telephone audio says so by
+`ChoosesAudioFormat`; `in_format` gives the session each engine bound to its call's format. An
+engine without it speaks telephone audio only.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from voice.errors import ProviderError
+from media.audio_format import AudioFormat
+from media.transport import TELEPHONE
+from voice.errors import ConfigError, ProviderError
 from voice.events import CallEvent
+from voice.text_feed import TextFeed
 from voice.types import ChatMessage, LlmDelta, Transcript, TtsChunk
 
 __all__ = [
     "DEFAULT_TRANSFER_MESSAGE",
     "CallControl",
     "CallControlError",
+    "ChoosesAudioFormat",
     "EventSink",
     "LanguageModel",
     "ReportsReconnects",
     "SpeechToText",
     "SttStream",
+    "StreamingTextToSpeech",
     "TextToSpeech",
     "TransferDestination",
     "TurnDetector",
     "VadModel",
     "VadStream",
+    "in_format",
+    "streaming_input",
 ]
 
 
@@ -39,7 +51,7 @@ class SttStream(Protocol):
     """One call's streaming recognition. Created when the call starts, closed when it ends."""
 
     async def send_audio(self, audio: bytes) -> None:
-        """μ-law 8 kHz caller audio, in order, as it arrives."""
+        """Caller audio in the call's format, in order, as it arrives."""
         ...
 
     async def finalize(self) -> None:
@@ -72,8 +84,57 @@ class TextToSpeech(Protocol):
     voice_key: str  # identifies the voice for caching synthesized audio (greeting cache)
 
     def synthesize(self, text: str) -> AsyncIterator[TtsChunk]:
-        """μ-law 8 kHz audio for `text`, streamed as it is produced."""
+        """Audio for `text` in the engine's format (see `in_format`), streamed as produced."""
         ...
+
+
+@runtime_checkable
+class StreamingTextToSpeech(TextToSpeech, Protocol):
+    """A TTS that takes text while the LLM is still writing it (ElevenLabs' multi-context
+    socket): one `synthesize_stream()` per reply round, fed from its first words.
+
+    `streams_text` says whether to use it: a fallback chain whose primary takes whole phrases
+    says False, and the reply then cuts clauses for it as for any request-based TTS."""
+
+    streams_text: bool
+
+    def synthesize_stream(self, text: TextFeed) -> AsyncIterator[TtsChunk]:
+        """Audio (the engine's format) for everything pushed into `text` until it is closed;
+        word timings relative to the start of this call's audio. Calls `text.requested()` when
+        it asks its service to generate. Reads `text` with its own cursor (it may be read
+        again)."""
+        ...
+
+
+def streaming_input(tts: TextToSpeech) -> StreamingTextToSpeech | None:
+    """`tts` as a streaming-input TTS, or None when it wants whole phrases."""
+    if isinstance(tts, StreamingTextToSpeech) and tts.streams_text:
+        return tts
+    return None
+
+
+@runtime_checkable
+class ChoosesAudioFormat(Protocol):
+    """An STT or TTS that works in more than one audio format."""
+
+    def for_format(self, audio_format: AudioFormat) -> Any:
+        """This engine speaking `audio_format` (itself when it already does). Raises
+        ConfigError for a format it cannot do."""
+        ...
+
+
+E = TypeVar("E")
+
+
+def in_format(engine: E, audio_format: AudioFormat) -> E:
+    """`engine` bound to the call's `audio_format`. Raises ConfigError when it cannot be."""
+    if isinstance(engine, ChoosesAudioFormat):
+        bound: E = engine.for_format(audio_format)
+        return bound
+    if audio_format == TELEPHONE:
+        return engine
+    name = getattr(engine, "name", type(engine).__name__)
+    raise ConfigError(f"{name} speaks telephone audio (μ-law 8 kHz), not {audio_format.name}")
 
 
 @runtime_checkable
@@ -89,15 +150,18 @@ class VadStream(Protocol):
     """Per-call VAD state over a shared model."""
 
     def process(self, pcm16: bytes) -> float | None:
-        """Feed 8 kHz PCM16; return the speech probability of the newest complete window,
-        or None when no window completed."""
+        """Feed PCM16 at the stream's rate; return the speech probability of the newest
+        complete window, or None when no window completed."""
         ...
 
 
 class VadModel(Protocol):
     window_seconds: float  # audio per decision: a voiced window's speech began up to this early
 
-    def stream(self) -> VadStream: ...
+    def stream(self, sample_rate: int = 8000) -> VadStream:
+        """Per-call state for PCM16 at `sample_rate` (8000 or 16000). Raises ConfigError for
+        a rate the model does not take."""
+        ...
 
 
 class TurnDetector(Protocol):

@@ -5,15 +5,23 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from media.audio_format import AudioFormat
 from voice.assistant import Assistant
 from voice.breaker import BreakerBoard
 from voice.egress import EgressPolicy
 from voice.egress_http import DEFAULT_MAX_RESPONSE_BYTES
 from voice.fallback import Stage
 from voice.greeting import GreetingCache
-from voice.ports import LanguageModel, SpeechToText, TextToSpeech, TurnDetector, VadModel
+from voice.ports import (
+    LanguageModel,
+    SpeechToText,
+    TextToSpeech,
+    TurnDetector,
+    VadModel,
+    in_format,
+)
 from voice.turns import TurnConfig
 from voice.types import EndedReason
 
@@ -41,11 +49,14 @@ FAILED_REASONS: dict[Stage, EndedReason] = {
 @dataclass(frozen=True, slots=True)
 class SessionOptions:
     playout_chunk_seconds: float = 0.1  # audio per media message (and per mark)
-    max_ahead_seconds: float = 0.2  # queued at the far end beyond the playback clock
+    max_ahead_seconds: float = 0.2  # most audio ever queued at the far end (Twilio)
     stt_connect_timeout: float = 5.0
     turn_model_seconds: float = 8.0  # caller audio the turn model sees
-    timer_seconds: float = 0.1  # coarse timer for when inbound frames stop arriving
-    prebuffer_frames: int = 150  # caller audio kept while the STT connects (3 s; oldest dropped)
+    # Caller audio queued for the STT (while it connects, fails over, or falls behind):
+    # 150 frames = 3 s; the oldest is dropped beyond that.
+    prebuffer_frames: int = 150
+    # Events waiting for the session loop; producers wait when it is full (backpressure).
+    inbox_events: int = 256
 
 
 @dataclass(slots=True)
@@ -71,6 +82,17 @@ class Engines:
     # default) and how much of their answers is read.
     egress: EgressPolicy | None = None
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+
+    def in_format(self, audio_format: AudioFormat) -> Engines:
+        """These engines with every transcriber and voice speaking the call's `audio_format`
+        (the same objects when they already do). Raises ConfigError when one cannot."""
+        return replace(
+            self,
+            stt=in_format(self.stt, audio_format),
+            tts=in_format(self.tts, audio_format),
+            stt_fallbacks=[in_format(e, audio_format) for e in self.stt_fallbacks],
+            tts_fallbacks=[in_format(e, audio_format) for e in self.tts_fallbacks],
+        )
 
 
 def turn_config(assistant: Assistant, has_turn_model: bool, vad_window: float) -> TurnConfig:

@@ -1,7 +1,8 @@
 """Test kit: a fake clock, scripted engines and a recording sink.
 
 Public so the tests and the benchmarks build sessions without models or network. The scripted
-engines follow the real ports exactly; they only replace the intelligence with a script.
+engines follow the real ports exactly; they only replace the intelligence with a script. The STT
+and the TTS work in any call format (`for_format`), telephone audio unless told otherwise.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
 
-from media.g711 import pcm16_to_ulaw
+from media.audio_format import AudioFormat
+from media.transport import TELEPHONE
 from voice.events import CallEvent
-from voice.types import SAMPLE_RATE, ChatMessage, LlmDelta, Transcript, TtsChunk, WordTiming
+from voice.types import ChatMessage, LlmDelta, Transcript, TtsChunk, WordTiming
 
 __all__ = [
     "FakeClock",
@@ -23,6 +25,7 @@ __all__ = [
     "ScriptedStt",
     "ScriptedSttStream",
     "ToneTts",
+    "tone",
     "tone_ulaw",
 ]
 
@@ -59,23 +62,42 @@ class RecordingSink:
         return [e for e in self.events if isinstance(e, kind)]
 
 
-def tone_ulaw(seconds: float, frequency: float = 440.0, level: float = 0.3) -> bytes:
-    n = int(seconds * SAMPLE_RATE)
-    t = np.arange(n) / SAMPLE_RATE
+def tone(
+    seconds: float,
+    frequency: float = 440.0,
+    level: float = 0.3,
+    audio_format: AudioFormat = TELEPHONE,
+) -> bytes:
+    """A sine in `audio_format` (μ-law 8 kHz by default)."""
+    rate = audio_format.sample_rate
+    t = np.arange(int(seconds * rate)) / rate
     pcm = (level * 32767 * np.sin(2 * math.pi * frequency * t)).astype("<i2")
-    return pcm16_to_ulaw(pcm.tobytes())
+    return audio_format.from_pcm16(pcm.tobytes())
+
+
+def tone_ulaw(seconds: float, frequency: float = 440.0, level: float = 0.3) -> bytes:
+    return tone(seconds, frequency, level)
 
 
 class ScriptedSttStream:
-    def __init__(self, texts: list[str], delay: float) -> None:
+    def __init__(
+        self, texts: list[str], delay: float, audio_format: AudioFormat = TELEPHONE
+    ) -> None:
         self._texts = texts
         self._delay = delay
+        self.audio_format = audio_format
         self._queue: asyncio.Queue[Transcript | None] = asyncio.Queue(maxsize=64)
         self.audio_bytes = 0
+        self.chunk_sizes: set[int] = set()  # the sizes `send_audio` was given
+        self.received = bytearray()  # the first 10 s of audio, as sent
         self.finalized = 0
 
     async def send_audio(self, audio: bytes) -> None:
         self.audio_bytes += len(audio)
+        self.chunk_sizes.add(len(audio))
+        room = self.audio_format.bytes_for(10.0) - len(self.received)
+        if room > 0:
+            self.received += audio[:room]
 
     async def finalize(self) -> None:
         self.finalized += 1
@@ -99,13 +121,25 @@ class ScriptedStt:
 
     name = "scripted-stt"
 
-    def __init__(self, texts: Sequence[str], delay: float = 0.0) -> None:
+    def __init__(
+        self, texts: Sequence[str], delay: float = 0.0, audio_format: AudioFormat = TELEPHONE
+    ) -> None:
         self.texts = list(texts)
         self.delay = delay
+        self.audio_format = audio_format
         self.streams: list[ScriptedSttStream] = []
 
+    def for_format(self, audio_format: AudioFormat) -> ScriptedStt:
+        """The same script in another format: the texts and `streams` are shared, so a test
+        holding this one sees the other's streams."""
+        if audio_format == self.audio_format:
+            return self
+        other = ScriptedStt((), self.delay, audio_format)
+        other.texts, other.streams = self.texts, self.streams
+        return other
+
     async def connect(self) -> ScriptedSttStream:
-        stream = ScriptedSttStream(self.texts, self.delay)
+        stream = ScriptedSttStream(self.texts, self.delay, self.audio_format)
         self.streams.append(stream)
         return stream
 
@@ -141,17 +175,43 @@ class ToneTts:
 
     name = "tone-tts"
 
-    def __init__(self, seconds_per_char: float = 0.05, first_byte: float = 0.0) -> None:
+    def __init__(
+        self,
+        seconds_per_char: float = 0.05,
+        first_byte: float = 0.0,
+        *,
+        frequency: float = 440.0,
+        audio_format: AudioFormat = TELEPHONE,
+    ) -> None:
         self.seconds_per_char = seconds_per_char
         self.first_byte = first_byte
+        self.frequency = frequency
+        self.audio_format = audio_format
         self.voice_key = f"tone-{seconds_per_char}"
+        if frequency != 440.0:
+            self.voice_key += f"-{frequency:g}Hz"
         self.requests: list[str] = []
+
+    def for_format(self, audio_format: AudioFormat) -> ToneTts:
+        """The same voice in another format; `requests` is shared."""
+        if audio_format == self.audio_format:
+            return self
+        other = ToneTts(
+            self.seconds_per_char,
+            self.first_byte,
+            frequency=self.frequency,
+            audio_format=audio_format,
+        )
+        other.requests = self.requests
+        return other
 
     async def synthesize(self, text: str) -> AsyncIterator[TtsChunk]:
         self.requests.append(text)
         if self.first_byte:
             await asyncio.sleep(self.first_byte)
-        audio = tone_ulaw(len(text) * self.seconds_per_char)
+        audio = tone(
+            len(text) * self.seconds_per_char, self.frequency, audio_format=self.audio_format
+        )
         words: list[WordTiming] = []
         position = 0
         for word in text.split():
@@ -160,6 +220,6 @@ class ToneTts:
             words.append(
                 WordTiming(word, start * self.seconds_per_char, position * self.seconds_per_char)
             )
-        step = SAMPLE_RATE // 10
+        step = self.audio_format.bytes_for(0.1)
         for offset in range(0, len(audio), step):
             yield TtsChunk(audio[offset : offset + step], tuple(words) if offset == 0 else ())

@@ -99,10 +99,14 @@ class ToolOutcome:
 
 
 def _schema(name: str, function: Mapping[str, Any], default_description: str) -> dict[str, Any]:
+    parameters = function.get("parameters") or {"type": "object", "properties": {}}
+    if not isinstance(parameters, Mapping):
+        # The model is sent a JSON Schema object; anything else would fail the LLM request.
+        raise ConfigError(f"tool {name}: function.parameters must be a JSON Schema object")
     spec: dict[str, Any] = {
         "name": name,
         "description": str(function.get("description") or default_description),
-        "parameters": dict(function.get("parameters") or {"type": "object", "properties": {}}),
+        "parameters": dict(parameters),
     }
     if function.get("strict") is not None:
         spec["strict"] = bool(function["strict"])

@@ -33,8 +33,10 @@ class TurnModelRunner:
         call_id: str,
         seconds: float,
         on_verdict: Callable[[float, RunTurnModel], Awaitable[None]],
+        sample_rate: int = SAMPLE_RATE,
     ) -> None:
         self.detector = detector
+        self.sample_rate = sample_rate  # the call's: smart-turn resamples only when not 16 kHz
         self.executor = executor
         self.call_id = call_id
         self._on_verdict = on_verdict
@@ -42,7 +44,8 @@ class TurnModelRunner:
         self._requests: asyncio.Queue[RunTurnModel] = asyncio.Queue(maxsize=1)
 
     def add_audio(self, pcm16: bytes) -> None:
-        """One frame of caller audio (8 kHz PCM16); the oldest beyond `seconds` is dropped."""
+        """One frame of caller audio (PCM16 at `sample_rate`); the oldest beyond `seconds` is
+        dropped."""
         self._pcm.append(pcm16)
 
     def ask(self, request: RunTurnModel) -> None:
@@ -60,7 +63,7 @@ class TurnModelRunner:
             pcm = b"".join(self._pcm)
             try:
                 probability = await loop.run_in_executor(
-                    self.executor, detector.completion_probability, pcm, SAMPLE_RATE
+                    self.executor, detector.completion_probability, pcm, self.sample_rate
                 )
             except ProviderError as exc:
                 # Degrade, don't fail: without a verdict the incomplete-timeout ends the turn.

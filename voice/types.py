@@ -1,8 +1,9 @@
 """Plain data that crosses the boundaries of the call loop.
 
-Audio inside a call is G.711 μ-law at 8 kHz mono (what Twilio sends and what Deepgram and
-ElevenLabs speak natively), so the cloud path never transcodes. PCM appears only where a model
-needs it (VAD, turn model, offline engines) and is always int16 little-endian.
+Audio inside a call is in the call's format (`media.audio_format.AudioFormat`), declared by its
+transport: G.711 μ-law at 8 kHz mono on the phone (what Twilio sends and what Deepgram and
+ElevenLabs speak natively, so the cloud path never transcodes), 16 kHz PCM16 in a browser. PCM
+is always int16 little-endian. `SAMPLE_RATE` and `FRAME_BYTES` are the telephone format's.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ __all__ = [
     "WordTiming",
 ]
 
-SAMPLE_RATE = 8000
+SAMPLE_RATE = 8000  # the telephone format's (`media.transport.TELEPHONE`)
 FRAME_SECONDS = 0.02
-FRAME_BYTES = 160  # one 20 ms μ-law frame
+FRAME_BYTES = 160  # one 20 ms μ-law 8 kHz frame
 
 
 class EndedReason(StrEnum):
@@ -37,6 +38,7 @@ class EndedReason(StrEnum):
     ASSISTANT_FORWARDED_CALL = "assistant-forwarded-call"
     ASSISTANT_SAID_END_CALL_PHRASE = "assistant-said-end-call-phrase"
     MANUALLY_CANCELED = "manually-canceled"  # ended through the control API
+    VOICEMAIL = "voicemail"  # an answering machine took the call (voicemailDetection)
     SILENCE_TIMED_OUT = "silence-timed-out"
     EXCEEDED_MAX_DURATION = "exceeded-max-duration"
     PIPELINE_ERROR_STT = "pipeline-error-transcriber-failed"
@@ -119,7 +121,7 @@ class WordTiming:
 
 @dataclass(frozen=True, slots=True)
 class TtsChunk:
-    """Synthesized μ-law 8 kHz audio, with word timings when the engine provides them."""
+    """Synthesized audio in the engine's format, with word timings when it provides them."""
 
     audio: bytes
     words: tuple[WordTiming, ...] = ()

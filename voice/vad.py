@@ -27,10 +27,14 @@ class EnergyVadStream:
 
 
 class EnergyVad:
+    """`window` is in 8 kHz samples (256: 32 ms); a 16 kHz stream uses the same duration."""
+
     def __init__(self, threshold_dbfs: float = -35.0, window: int = 256) -> None:
         self.threshold_dbfs = threshold_dbfs
         self.window = window
         self.window_seconds = window / 8000
 
-    def stream(self) -> EnergyVadStream:
-        return EnergyVadStream(self.threshold_dbfs, self.window)
+    def stream(self, sample_rate: int = 8000) -> EnergyVadStream:
+        if sample_rate <= 0:
+            raise ValueError(f"sample rate must be positive, got {sample_rate}")
+        return EnergyVadStream(self.threshold_dbfs, round(self.window_seconds * sample_rate))

@@ -12,7 +12,13 @@ recognised again from the client's replay. For many concurrent calls (the benchm
 `utterance_gap`: speech resuming after a shorter pause continues the same utterance, so a
 sentence with pauses in it is not given several script lines. With `script_seconds` (each line's
 spoken length) a final inside an utterance carries the share of its words spoken so far, as
-Deepgram's endpointing finals do; without, the first final carries them all.
+Deepgram's endpointing finals do; without, the first final carries them all. With
+`script_word_times` (for each line, the seconds of *voiced* audio, counted from the line's first
+voiced frame, by which each word has been heard) interims and finals carry exactly the words
+heard so far, also after a pause inside the sentence: a final for "I'd like to move my
+appointment to" arrives during the caller's pause, as Deepgram's endpointing sends it.
+Interims come every `interim_every` seconds of speech (Deepgram's cadence is no faster than
+~250 ms), each repeating the words heard so far.
 Audio is `encoding=mulaw` or `encoding=linear16` (what pipecat's service sends) at the
 `sample_rate` given.
 """
@@ -46,7 +52,7 @@ class DeepgramFakeConfig:
     api_key: str = "test-key"
     script: list[str] = field(default_factory=list)
     final_delay: float = 0.15  # wall seconds from end of speech to its final
-    interim_every: float = 0.2  # audio seconds of speech between interim Results
+    interim_every: float = 0.25  # audio seconds of speech between interim Results
     final_every: float | None = 3.0  # long speech: an is_final (not speech_final) this often
     silence_final_every: float | None = 1.0  # audio seconds between empty finals in silence
     speech_rms: float = 0.02  # frame RMS (full scale 1.0) that counts as speech
@@ -59,6 +65,9 @@ class DeepgramFakeConfig:
     # Audio seconds of silence that separate utterances; None: every segment is one.
     utterance_gap: float | None = None
     script_seconds: list[float] | None = None  # audio seconds of each script line
+    # For each script line: voiced seconds into the line at which each word is heard (needs
+    # `utterance_gap`, so a pause inside the line does not start the next one).
+    script_word_times: list[list[float]] | None = None
     fault: Fault | None = None
     fault_count: int | None = None  # connections that get the fault; None: all
     fault_after: float = 0.0  # wall seconds after accept before the fault
@@ -82,10 +91,16 @@ class _ScriptCursor:
     """Where a transcript stream is in the script: utterance and words already finalised."""
 
     def __init__(
-        self, script: list[str], *, wrap: bool, seconds: list[float] | None = None
+        self,
+        script: list[str],
+        *,
+        wrap: bool,
+        seconds: list[float] | None = None,
+        word_times: list[list[float]] | None = None,
     ) -> None:
         self.script = script
         self.seconds = seconds
+        self.word_times = word_times
         self.wrap = wrap
         self.index = 0
         self.word_offset = 0
@@ -106,6 +121,13 @@ class _ScriptCursor:
         if self.seconds is None or index >= len(self.seconds):
             return None
         return self.seconds[index]
+
+    def heard(self, voiced: float) -> int | None:
+        """Words of the current line heard after `voiced` seconds of it (None: not timed)."""
+        index = self._current()
+        if self.word_times is None or index >= len(self.word_times):
+            return None
+        return sum(t <= voiced + 1e-9 for t in self.word_times[index])
 
     def next_utterance(self) -> None:
         """Skip what is left of a partly finalised utterance: the caller moved on."""
@@ -131,9 +153,7 @@ class DeepgramFake:
         self.rejected: list[int] = []
         self._faults = FaultSwitch()
         # shared by connections (unless script_per_connection), for replayed speech
-        self._shared = _ScriptCursor(
-            self.config.script, wrap=False, seconds=self.config.script_seconds
-        )
+        self._shared = self._new_cursor(wrap=False)
         self.app = Starlette(routes=[WebSocketRoute("/v1/listen", self._listen)])
 
     @property
@@ -148,9 +168,15 @@ class DeepgramFake:
             and m["channel"]["alternatives"][0]["transcript"]
         ]
 
+    def _new_cursor(self, *, wrap: bool) -> _ScriptCursor:
+        cfg = self.config
+        return _ScriptCursor(
+            cfg.script, wrap=wrap, seconds=cfg.script_seconds, word_times=cfg.script_word_times
+        )
+
     def _cursor(self) -> _ScriptCursor:
         if self.config.script_per_connection:
-            return _ScriptCursor(self.config.script, wrap=True, seconds=self.config.script_seconds)
+            return self._new_cursor(wrap=True)
         return self._shared
 
     async def _deny(self, websocket: WebSocket, status: int, reason: str) -> None:
@@ -218,6 +244,7 @@ class _Listen:
         self.final_due: tuple[float, float, float] | None = None  # (wall due, start, end)
         self.continuation = False  # this segment continues the utterance already transcribed
         self.utterance_start = 0.0  # audio time the current utterance began
+        self.utterance_voiced = 0.0  # voiced audio seconds of the current utterance so far
         self.finalized_to = 0.0  # audio time covered by the last final
         self.last_word_end: float | None = None
         self.stalled = fault is Fault.STALL and self.cfg.fault_after <= 0
@@ -348,6 +375,7 @@ class _Listen:
                 )
                 if not self.continuation:
                     self.utterance_start = start
+                    self.utterance_voiced = 0.0
                     if gap is not None:
                         self.script.next_utterance()
                 self.in_speech, self.consumed = True, False
@@ -359,10 +387,17 @@ class _Listen:
                         {"type": "SpeechStarted", "channel": [0, 1], "timestamp": round(start, 3)}
                     )
             self.voiced_end = self.audio_time
-            fresh = not self.consumed and not self.continuation
+            self.utterance_voiced += _FRAME_SECONDS
+            heard = self.script.heard(self.utterance_voiced)
+            timed = heard is not None and self.cfg.utterance_gap is not None
+            fresh = not self.consumed and (timed or not self.continuation)
             if self.interims and fresh and self.audio_time >= self.next_interim:
-                self.next_interim += self.cfg.interim_every
-                self.interim_words += 1
+                # from this interim, not a fixed grid: never closer than `interim_every`
+                self.next_interim = self.audio_time + self.cfg.interim_every - 1e-9
+                if timed and heard is not None:
+                    self.interim_words = max(0, heard - self.script.word_offset)
+                else:
+                    self.interim_words += 1
                 words = self.script.remaining()[: self.interim_words]
                 await self._results(
                     " ".join(words), self.span_start, self.audio_time - self.span_start, False
@@ -425,6 +460,12 @@ class _Listen:
 
     def _segment_text(self, end: float) -> str:
         """The words a final ending at audio time `end` carries."""
+        heard = self.script.heard(self.utterance_voiced)
+        if self.cfg.utterance_gap is not None and heard is not None:
+            if heard >= len(self.script.words()):
+                return self.script.take()
+            count = heard - self.script.word_offset
+            return self.script.take(count) if count > 0 else ""
         seconds = self.script.spoken_seconds()
         if self.cfg.utterance_gap is None or seconds is None:
             return "" if self.continuation else self.script.take()

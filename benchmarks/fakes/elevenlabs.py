@@ -1,14 +1,22 @@
 """A protocol-faithful fake of ElevenLabs multi-context TTS (protocols.md §3.2 and §6).
 
 `/v1/text-to-speech/{voice_id}/multi-stream-input` with `output_format=ulaw_8000` (AVA) or
-`pcm_<rate>` (s16le, what pipecat asks for). Text sent to a
-context is buffered; a flush generates it: after `first_byte_latency`, audio chunks of about
-`chunk_chars` characters each (`seconds_per_char` of audio per character, a different pitch per
-context) with a character alignment relative to the chunk, paced `realtime_factor` times faster
-than real time. With `auto_mode=true` (pipecat sets it) every text message is generated as it
-arrives, as if flushed: ElevenLabs then skips its chunk-length buffering. `close_context` lets a
-flush in progress finish (the API's contract) and then sends `{"isFinal": true, "contextId": …}`;
-contexts flush concurrently, so their chunks interleave.
+`pcm_<rate>` (s16le, what pipecat asks for). Text sent to a context is buffered, and generated
+as the real service documents it (ElevenLabs `GenerationConfig`):
+- on `flush`: everything buffered;
+- by the context's `chunk_length_schedule` (from `generation_config` in its first message;
+  default [120, 160, 250, 290], each 50–500): the n-th generation of a context (flushes count)
+  starts once the buffer holds schedule[n] characters (the last length repeats), and takes the
+  buffer up to its last space — so streamed words wait there until enough have arrived;
+- with `auto_mode=true` (pipecat sets it), every text message as it arrives: the service then
+  skips its buffering, which is meant for whole sentences.
+Each generation takes `first_byte_latency`, then sends audio chunks of about `chunk_chars`
+characters each (`seconds_per_char` of audio per character, a different pitch per context) with a
+character alignment relative to the chunk, paced `realtime_factor` times faster than real time;
+a context's generations run one after the other. `close_context` lets a generation in progress
+finish (the API's contract) and then sends `{"isFinal": true, "contextId": …}`; contexts
+generate concurrently, so their chunks interleave. Text still buffered at `close_context` is
+dropped: a client flushes first (pipecat and AVA do).
 """
 
 from __future__ import annotations
@@ -32,7 +40,14 @@ from benchmarks.fakes.server import (
     speech_like_ulaw,
 )
 
-__all__ = ["ContextRecord", "ElevenLabsFake", "ElevenLabsFakeConfig", "OUTPUT_FORMATS"]
+__all__ = [
+    "DEFAULT_CHUNK_SCHEDULE",
+    "OUTPUT_FORMATS",
+    "ContextRecord",
+    "ElevenLabsFake",
+    "ElevenLabsFakeConfig",
+    "Generation",
+]
 
 # ElevenLabs' streaming formats the fake produces: μ-law at 8 kHz, or s16le PCM at a rate.
 OUTPUT_FORMATS = ("ulaw_8000", "pcm_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100")
@@ -52,12 +67,28 @@ class ElevenLabsFakeConfig:
     bad_close_code: int = 4000
 
 
+DEFAULT_CHUNK_SCHEDULE = (120, 160, 250, 290)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One audio generation of a context: its text, why it started, and how much text the
+    context had received by then (what a test asserts "first audio after the first words" on)."""
+
+    text: str
+    trigger: str  # "flush", "schedule" or "auto"
+    received: str  # all text the context had received when it started
+
+
 @dataclass
 class ContextRecord:
     id: str
     voice_settings: dict[str, Any] | None = None
-    text: str = ""  # buffered, not yet flushed
-    spoken: str = ""  # everything flushed so far
+    schedule: tuple[int, ...] = DEFAULT_CHUNK_SCHEDULE
+    text: str = ""  # buffered, not yet generated
+    received: str = ""  # every text message's text, in order
+    spoken: str = ""  # everything generated so far
+    generations: list[Generation] = field(default_factory=list)
     audio: bytearray = field(default_factory=bytearray)
     chunks: int = 0
     closed: bool = False
@@ -201,7 +232,13 @@ class _Connection:
             return
         record = self.open.get(context_id)
         if record is None:
-            record = ContextRecord(context_id, voice_settings=data.get("voice_settings"))
+            schedule = _schedule(data.get("generation_config"))
+            if schedule is None:
+                await self.ws.close(1008, "invalid generation_config.chunk_length_schedule")
+                raise _Stop()
+            record = ContextRecord(
+                context_id, voice_settings=data.get("voice_settings"), schedule=schedule
+            )
             self.fake.contexts.append(record)
             self.open[context_id] = record
             self.busy[context_id] = 0
@@ -209,12 +246,27 @@ class _Connection:
         text = data.get("text")
         if isinstance(text, str) and text.strip():
             record.text += text
-        if data.get("flush") or (self.auto_mode and record.text.strip()):
-            pending, record.text = record.text, ""
-            record.spoken += pending
-            if pending.strip():
-                self.busy[context_id] += 1
-                self.tasks.create_task(self._generate(record, pending))
+            record.received += text
+        if data.get("flush"):
+            self._generate_now(record, record.text, "flush")
+        elif self.auto_mode and record.text.strip():
+            self._generate_now(record, record.text, "auto")
+        elif not self.auto_mode:
+            schedule = record.schedule
+            needed = schedule[min(len(record.generations), len(schedule) - 1)]
+            if len(record.text) >= needed:
+                # whole words only: a word still being streamed waits for the next generation
+                cut = record.text.rfind(" ") + 1 or len(record.text)
+                self._generate_now(record, record.text[:cut], "schedule")
+
+    def _generate_now(self, record: ContextRecord, pending: str, trigger: str) -> None:
+        record.text = record.text[len(pending) :]
+        if not pending.strip():
+            return
+        record.spoken += pending
+        record.generations.append(Generation(pending, trigger, record.received))
+        self.busy[record.id] += 1
+        self.tasks.create_task(self._generate(record, pending))
 
     async def _close_context(self, context_id: str) -> None:
         record = self.open.get(context_id)
@@ -290,6 +342,22 @@ class _Connection:
             return  # a stalled server says nothing more
         async with self.send_lock:
             await self.ws.send_text(json.dumps(message))
+
+
+def _schedule(config: Any) -> tuple[int, ...] | None:
+    """The context's chunk schedule, or None when the service would refuse it."""
+    if config is None:
+        return DEFAULT_CHUNK_SCHEDULE
+    if not isinstance(config, dict):
+        return None
+    lengths = config.get("chunk_length_schedule")
+    if lengths is None:
+        return DEFAULT_CHUNK_SCHEDULE
+    if not isinstance(lengths, list) or not lengths:
+        return None
+    if not all(isinstance(n, int) and 50 <= n <= 500 for n in lengths):
+        return None
+    return tuple(lengths)
 
 
 def _chunks(text: str, size: int) -> list[str]:

@@ -8,17 +8,26 @@ callable of the request's messages: text, tool calls, or a `FakeResponse` with b
 deltas first, then the tool-call deltas, finish_reason `tool_calls`, as a model that says
 "Let me check." and then calls a tool streams it). `POST /v1/audio/speech` streams raw 24 kHz
 s16le PCM whose length is proportional to the input text.
+
+Two reply styles: `echo_reply` ("You said: …", the tests' default: a test can predict every word)
+and `support_desk_reply`, what the benchmarks use: ordinary support-desk answers whose first
+clause has 8+ words, as a real assistant's has, so a pipeline that waits for a whole first clause
+before speaking pays for it here as it would in service. `tokens="subwords"` streams text the way
+OpenAI's tokenizer cuts it (common short words whole with their leading space, longer words in
+3-5 character pieces, punctuation on its own) instead of one word per delta.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -28,12 +37,16 @@ from starlette.routing import Route
 from benchmarks.fakes.server import REJECT_STATUS, Fault, FaultSwitch, speech_like_pcm16
 
 __all__ = [
+    "SUPPORT_REPLIES",
     "FakeResponse",
     "FakeToolCall",
     "OpenAiFake",
     "OpenAiFakeConfig",
     "Reply",
     "echo_reply",
+    "first_clause",
+    "subword_pieces",
+    "support_desk_reply",
 ]
 
 SPEECH_RATE = 24_000
@@ -59,6 +72,46 @@ def echo_reply(messages: list[dict[str, Any]]) -> Reply:
     return f"You said: {last['content']}" if last else "Hello! How can I help you today?"
 
 
+# What a support-desk assistant says; every first clause (up to the first , ; : . ? !) has 8+ words
+# and every reply is 110-150 characters (~6.5-9 s of the TTS fake's audio), so a caller can
+# backchannel or interrupt well inside it.
+SUPPORT_REPLIES = (
+    "Sure, I can help you with that order right away. Could you give me the order number so I "
+    "can pull up the details?",
+    "Of course I can move that appointment for you today. I have openings on Tuesday at two and "
+    "on Wednesday morning; which one suits you better?",
+    "Thanks for waiting while I looked into your account for you. I can see the payment came "
+    "through yesterday, so you are all set for this month.",
+    "I understand how frustrating a late delivery can be for you. Let me check with the warehouse "
+    "and see where the package is right now.",
+    "Let me take a quick look at the account you mentioned earlier. It shows two open tickets, "
+    "and I can walk you through each of them if you like.",
+    "I can update the address on the file for you right now. Could you read me the new street "
+    "address and the postal code, please?",
+    "Happy to explain the charges on your latest bill for you. The first one is the monthly plan, "
+    "and the second is a one-time fee for the new router.",
+    "That sounds like something our technical team should look at closely. I can open a ticket "
+    "now and someone will call you back within the hour.",
+)
+_CLAUSE_END = ",;:.?!"
+
+
+def first_clause(text: str) -> str:
+    """The text up to and including the first clause punctuation (all of it if there is none),
+    a lone leading interjection ("Sure,") not counting as a clause, as no chunker cuts there."""
+    for i, c in enumerate(text):
+        if c in _CLAUSE_END and len(text[:i].split()) > 2:
+            return text[: i + 1]
+    return text
+
+
+def support_desk_reply(messages: list[dict[str, Any]]) -> Reply:
+    """A support-desk answer, varied by the caller's words (stable: a hash, not random)."""
+    last = next((m for m in reversed(messages) if m.get("role") == "user"), None)
+    text = str(last.get("content") or "") if last else ""
+    return SUPPORT_REPLIES[zlib.crc32(text.encode()) % len(SUPPORT_REPLIES)]
+
+
 class _InjectedDrop(Exception):
     """Raised inside a response body so the server cuts the connection mid-stream."""
 
@@ -69,6 +122,8 @@ class OpenAiFakeConfig:
     reply: Callable[[list[dict[str, Any]]], Reply] = echo_reply
     first_token_latency: float = 0.3
     tokens_per_second: float = 40.0
+    # "words": one word per delta (the tests count deltas); "subwords": as OpenAI's tokenizer.
+    tokens: Literal["words", "subwords"] = "words"
     fault: Fault | None = None  # chat completions
     fault_count: int | None = None  # requests that get the fault; None: all
     fault_after_tokens: int = 0  # STALL/GARBAGE/DROP after this many content/argument deltas
@@ -85,6 +140,8 @@ class OpenAiFakeConfig:
 class OpenAiFake:
     config: OpenAiFakeConfig = field(default_factory=OpenAiFakeConfig)
     chat_requests: list[dict[str, Any]] = field(default_factory=list)
+    chat_request_times: list[float] = field(default_factory=list)  # time.time() of each
+    replies: list[str] = field(default_factory=list)  # the text each chat request was given
     speech_requests: list[dict[str, Any]] = field(default_factory=list)
     speech_bytes_sent: list[int] = field(default_factory=list)
     unauthorized: int = 0
@@ -120,10 +177,12 @@ class OpenAiFake:
             return denied
         body = await request.json()
         self.chat_requests.append(body)
+        self.chat_request_times.append(time.time())  # wall clock: benchmarks join other processes
         fault = self._chat_faults.take(self.config.fault, self.config.fault_count)
         if fault in REJECT_STATUS:
             return _fault_error(REJECT_STATUS[fault])
         reply = self.config.reply(list(body.get("messages", [])))
+        self.replies.append(_reply_text(reply))
         if not body.get("stream"):
             return JSONResponse(_completion(body, reply))
         return StreamingResponse(self._chunks(body, reply, fault), media_type="text/event-stream")
@@ -153,12 +212,12 @@ class OpenAiFake:
         await asyncio.sleep(cfg.first_token_latency)
         if isinstance(reply, FakeResponse):
             tools = bool(reply.tool_calls)
-            pieces = _text_pieces(reply.text) if reply.text else []
+            pieces = self._text_pieces(reply.text) if reply.text else []
             pieces += _tool_pieces(reply.tool_calls)
             yield delta({"role": "assistant", "content": "", "refusal": None})
         elif isinstance(reply, str):
             tools = False
-            pieces = _text_pieces(reply)
+            pieces = self._text_pieces(reply)
             yield delta({"role": "assistant", "content": "", "refusal": None})
         else:
             tools = True
@@ -191,6 +250,11 @@ class OpenAiFake:
             }
             yield event([], usage=usage)
         yield b"data: [DONE]\n\n"
+
+    def _text_pieces(self, text: str) -> list[dict[str, Any]]:
+        if self.config.tokens == "subwords":
+            return [{"content": piece} for piece in subword_pieces(text)]
+        return _text_pieces(text)
 
     # --- speech --------------------------------------------------------------------------------
 
@@ -230,10 +294,40 @@ class OpenAiFake:
             await asyncio.sleep(len(piece) / 2 / SPEECH_RATE / cfg.speech_realtime_factor)
 
 
+def _reply_text(reply: Reply) -> str:
+    if isinstance(reply, FakeResponse):
+        return reply.text
+    return reply if isinstance(reply, str) else ""
+
+
 def _text_pieces(text: str) -> list[dict[str, Any]]:
     # Word-ish tokens with their leading space, as real streams split text.
     words = text.split(" ")
     return [{"content": w if i == 0 else " " + w} for i, w in enumerate(words)]
+
+
+_WHOLE_WORD = 8  # words up to this long (with their leading space) are one token, as in cl100k
+
+
+def subword_pieces(text: str) -> list[str]:
+    """`text` cut as OpenAI's BPE streams it: " the", " order", " appoint"+"ment", ",", "."
+
+    Not the real tokenizer (no vocabulary here), but its shape: ~4 characters per token, a
+    leading space glued to the word, punctuation separate, long words in several pieces."""
+    pieces: list[str] = []
+    for match in re.finditer(r" ?[A-Za-z']+| ?\d{1,3}| ?[^\sA-Za-z\d]|\s+", text):
+        token = match.group()
+        if len(token) <= _WHOLE_WORD or not token.strip().isalpha():
+            pieces.append(token)
+            continue
+        head = 5 if token.startswith(" ") else 4
+        pieces.append(token[:head])
+        rest = token[head:]
+        while rest:
+            take = 4 if len(rest) > 5 else len(rest)
+            pieces.append(rest[:take])
+            rest = rest[take:]
+    return pieces
 
 
 def _tool_pieces(calls: Sequence[FakeToolCall]) -> list[dict[str, Any]]:

@@ -2,12 +2,19 @@
 
 `POST /call` places an outbound call through the number's Twilio account; the call's
 `monitor.controlUrl` (`POST /call/{id}/control`, behind the same API key: unlike Vapi's it is
-never open to whoever holds the URL) ends it live.
+never open to whoever holds the URL) controls it live, on whichever node holds it; its
+`monitor.listenUrl` (a websocket, control/listen.py) streams its live audio, likewise.
+
+`assistantOverrides` (the call's, then `customer.assistantOverrides`) are deep-merged onto the
+assistant (`voice.variables.merge_overrides`) and the result validated like any assistant; that
+effective assistant is stored on the call (and shown as its `assistant`). Its `variableValues`
+and Vapi's built-ins fill its `{{templates}}` when the call connects (control/twilio_routes.py).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, cast
 
@@ -15,20 +22,40 @@ from fastapi import APIRouter, Body, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from control.control_commands import END_CALL_DETAIL, EndCallCommand, parse_command
 from control.deps import StateDep, StoresDep, TenantDep
 from control.errors import ApiError, not_found, validation_messages
-from control.outbound import OUTBOUND, outbound_twiml, twilio_for
+from control.listen import listen_url
+from control.live_control import LiveControl
+from control.outbound import (
+    OUTBOUND,
+    PlacementFailed,
+    hang_up_at_twilio,
+    place_outbound,
+)
 from control.providers import assistant_problems
+from control.recordings import add_presigned_urls
+from control.scheduling import (
+    MAX_BATCH,
+    CallScheduler,
+    SchedulePlan,
+    checked_window,
+    schedule_metadata,
+)
 from control.state import AppState
 from control.twilio_auth import external_url
 from control.twilio_rest import TwilioRestError
 from control.twilio_routes import MEDIA_PATH
 from control.twilio_status import STATUS_PATH
+from control.voicemail import AMD_PATH
 from storage import CallRecord, CallStatus, to_vapi
+from storage.calls import FILTER_FIELD
 from storage.crypto import seal_secrets
 from storage.tables import CALL_STATUSES
+from storage.vapi import CUSTOMER
 from voice.assistant import Assistant
 from voice.types import EndedReason
+from voice.variables import merge_overrides
 
 __all__ = ["NEXT_CURSOR_HEADER", "router"]
 
@@ -37,10 +64,12 @@ router = APIRouter(prefix="/call", tags=["calls"])
 
 # Vapi's list is a bare JSON array (its SDKs parse it as one), so the cursor rides in a header.
 NEXT_CURSOR_HEADER = "X-Next-Cursor"
-TWILIO_FAILED = "twilio-failed-to-connect-call"
 _E164 = r"^\+[1-9]\d{1,14}$"
 
 JsonObject = dict[str, Any]
+_STRUCTURED = "analysis.structuredData."
+_MAX_FILTERS = 8
+_MAX_FILTER_VALUE = 256
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -56,7 +85,10 @@ def _base_url(state: AppState, request: Request) -> str:
 
 def _call_json(record: CallRecord, base_url: str) -> JsonObject:
     out = to_vapi(record)
-    out["monitor"] = {"controlUrl": f"{base_url}/call/{record.id}/control"}
+    out["monitor"] = {
+        "listenUrl": listen_url(base_url, record.id),  # control/listen.py: the live audio
+        "controlUrl": f"{base_url}/call/{record.id}/control",
+    }
     return out
 
 
@@ -68,97 +100,199 @@ class _Dto(BaseModel):
 
 class Customer(_Dto):
     number: str = Field(pattern=_E164)
-    name: str | None = None
+    # The call's templates see these as {{customer.name}} etc. Bounded: a name as Vapi does,
+    # an email address as RFC 5321 does, an external id as AVA's own ids are.
+    name: str | None = Field(default=None, max_length=40)
+    email: str | None = Field(default=None, max_length=254)
+    external_id: str | None = Field(default=None, max_length=64)
+    assistant_overrides: dict[str, Any] | None = None
+
+    def known(self) -> dict[str, str]:
+        """What the call keeps of the customer, besides the number, in Vapi's names."""
+        fields = {"name": self.name, "email": self.email, "externalId": self.external_id}
+        return {k: v for k, v in fields.items() if v}
 
 
 class CallCreate(_Dto):
     assistant_id: str | None = None
     assistant: dict[str, Any] | None = None
+    assistant_overrides: dict[str, Any] | None = None
     phone_number_id: str | None = None
     customer: Customer | None = None
+    # Vapi's batch: a call per customer, each scheduled (now, or by `schedulePlan`).
+    customers: list[Customer] | None = Field(default=None, min_length=1, max_length=MAX_BATCH)
+    schedule_plan: SchedulePlan | None = None
     name: str | None = Field(default=None, max_length=40)
 
 
-class ControlMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: str
+_STAMPS = ("id", "orgId", "createdAt", "updatedAt")
 
 
 async def _resolve_assistant(
     state: AppState, tenant_id: str, body: CallCreate
 ) -> dict[str, Any] | None:
-    """Checks the assistant; returns the transient one's JSON, None for a stored one."""
+    """Checks the assistant and its overrides; returns the call's own assistant JSON (a
+    transient one, or any with overrides merged in), None for a stored one as it is."""
     if (body.assistant_id is None) == (body.assistant is None):
         raise ApiError(422, ["assistantId: give exactly one of assistantId and assistant"])
+    base: dict[str, Any]
     if body.assistant is not None:
-        try:
-            transient = Assistant.model_validate(body.assistant)
-        except ValidationError as exc:
-            raise ApiError(422, validation_messages(exc.errors(), prefix=("assistant",))) from exc
-        problems = await assistant_problems(transient, state.stores, tenant_id)
-        if problems:
-            raise ApiError(422, [f"assistant.{problem}" for problem in problems])
-        return body.assistant
-    if await state.stores.assistants.get(tenant_id, cast(str, body.assistant_id)) is None:
-        raise ApiError(422, [f"assistantId: assistant {body.assistant_id} not found"])
-    return None
+        await _checked(state, tenant_id, body.assistant, "assistant")
+        base = body.assistant
+    else:
+        record = await state.stores.assistants.get(tenant_id, cast(str, body.assistant_id))
+        if record is None:
+            raise ApiError(422, [f"assistantId: assistant {body.assistant_id} not found"])
+        base = {k: v for k, v in record.config.items() if k not in _STAMPS}
+    overrides = [("assistantOverrides", body.assistant_overrides)]
+    if body.customer is not None:
+        overrides.append(("customer.assistantOverrides", body.customer.assistant_overrides))
+    effective = base
+    for where, given in overrides:
+        if given:
+            effective = await _overridden(state, tenant_id, effective, given, where)
+    return None if effective is base and body.assistant is None else effective
+
+
+async def _checked(state: AppState, tenant_id: str, config: dict[str, Any], where: str) -> None:
+    """422 naming the field (under `where`) for an assistant AVA would not run."""
+    try:
+        assistant = Assistant.model_validate(config)
+    except ValidationError as exc:
+        raise ApiError(422, validation_messages(exc.errors(), prefix=(where,))) from exc
+    problems = await assistant_problems(assistant, state.stores, tenant_id)
+    # The tenant's own tools only (another tenant's look like none at all), as on /assistant.
+    problems += [
+        f"model.toolIds: tool {tool_id} not found"
+        for tool_id in assistant.model.tool_ids
+        if await state.stores.tools.get(tenant_id, tool_id) is None
+    ]
+    if problems:
+        raise ApiError(422, [f"{where}.{problem}" for problem in problems])
+
+
+async def _overridden(
+    state: AppState,
+    tenant_id: str,
+    base: dict[str, Any],
+    overrides: dict[str, Any],
+    where: str,
+) -> dict[str, Any]:
+    """`overrides` merged onto `base`, validated like an assistant (errors name the field
+    under `where`: the base was valid, so what is wrong came with the overrides)."""
+    try:
+        merged = merge_overrides(base, overrides)
+    except ValueError as exc:
+        raise ApiError(422, [f"{where}.{exc}"]) from exc
+    await _checked(state, tenant_id, merged, where)
+    return merged
 
 
 @router.post("", status_code=201)
 async def create_call(
     body: CallCreate, request: Request, state: StateDep, tenant_id: TenantDep
 ) -> JsonObject:
-    """An outbound call from one of the tenant's numbers, through its Twilio account."""
+    """An outbound call from one of the tenant's numbers, through its Twilio account: placed
+    now, or with `schedulePlan` and for each of `customers[]` stored as `scheduled` and placed
+    by the scheduler (control/scheduling.py). A batch answers Vapi's `{results, errors}`."""
     stores = state.stores
-    inline = await _resolve_assistant(state, tenant_id, body)
+    # The assistant and the call's overrides first, whatever else is wrong (each customer's
+    # own overrides are checked with the customer).
+    shared = await _resolve_assistant(state, tenant_id, body.model_copy(update={"customer": None}))
     if body.phone_number_id is None:
         raise ApiError(422, ["phoneNumberId: AVA calls from an imported number; give its id"])
-    if body.customer is None:
-        raise ApiError(422, ["customer.number: the number to call is required"])
+    if (body.customer is None) == (body.customers is None):
+        raise ApiError(422, ["customer.number: give the number to call (or customers[])"])
     number = await stores.phone_numbers.get(tenant_id, body.phone_number_id)
     if number is None:
         raise ApiError(422, [f"phoneNumberId: phone number {body.phone_number_id} not found"])
-    credentials = await stores.phone_numbers.credentials(tenant_id, number.id)
-    twilio = twilio_for(state.settings, credentials)
-    if twilio is None:  # an imported number always has credentials; kept for the type
+    if await stores.phone_numbers.credentials(tenant_id, number.id) is None:
         raise ApiError(422, ["phoneNumberId: the number has no Twilio credentials"])
+    now = datetime.now(UTC)
+    window: tuple[datetime, datetime | None] | None = None
+    if body.schedule_plan is not None:
+        try:
+            window = checked_window(body.schedule_plan, now)
+        except ValueError as exc:
+            raise ApiError(422, [str(exc)]) from exc
+    headers, scheme = request.headers, request.url.scheme
+    stream_url = external_url(state, headers, scheme, MEDIA_PATH, True)
+    status_url = external_url(state, headers, scheme, STATUS_PATH, False)
+    amd_url = external_url(state, headers, scheme, AMD_PATH, False)
+    base = _base_url(state, request)
+    if body.customers is None and window is None:
+        assert body.customer is not None
+        own = body.customer.assistant_overrides
+        inline = await _resolve_assistant(state, tenant_id, body) if own else shared
+        call = await stores.calls.create_call(
+            tenant_id, **_new_call(state, body, body.customer, inline, number.id, number.number)
+        )
+        try:
+            await place_outbound(
+                state, call, stream_url=stream_url, status_url=status_url, amd_url=amd_url
+            )
+        except PlacementFailed as exc:
+            raise ApiError(502 if exc.retryable else 400, str(exc)) from exc
+        record = await stores.calls.get_call(tenant_id, call.id)
+        assert record is not None  # written above, in this tenant
+        return _call_json(record, base)
+    earliest, latest = window if window is not None else (now, None)
+    results: list[JsonObject] = []
+    errors: list[JsonObject] = []
+    for customer in body.customers if body.customers is not None else [body.customer]:
+        assert customer is not None
+        try:
+            one = body.model_copy(update={"customer": customer})
+            own = customer.assistant_overrides
+            inline = await _resolve_assistant(state, tenant_id, one) if own else shared
+        except ApiError as exc:
+            if body.customers is None:
+                raise
+            messages = exc.message if isinstance(exc.message, list) else [exc.message]
+            shown = customer.model_dump(by_alias=True, exclude_none=True)
+            errors.append({"customer": shown, "error": "; ".join(messages)})
+            continue
+        fields = _new_call(state, body, customer, inline, number.id, number.number)
+        fields["metadata"] |= schedule_metadata(
+            earliest, latest, stream_url=stream_url, status_url=status_url, amd_url=amd_url
+        )
+        call = await stores.calls.create_call(
+            tenant_id, **fields, status="scheduled", scheduled_at=earliest
+        )
+        results.append(_call_json(call, base))
+    scheduler: CallScheduler | None = getattr(request.app.state, "scheduler", None)
+    if scheduler is not None and earliest <= now:
+        scheduler.poke()  # due now: placed within moments, not at the next round
+    if body.customers is None:
+        return results[0]
+    return {"results": results, "errors": errors}
+
+
+def _new_call(
+    state: AppState,
+    body: CallCreate,
+    customer: Customer,
+    inline: dict[str, Any] | None,
+    number_id: str,
+    from_number: str,
+) -> dict[str, Any]:
+    """`create_call`'s fields for one outbound call to `customer`."""
     # A transient assistant's webhook secrets are sealed like a stored assistant's.
     metadata: dict[str, Any] = (
-        {"assistant": seal_secrets(inline, stores.box)} if inline is not None else {}
+        {"assistant": seal_secrets(inline, state.stores.box)} if inline is not None else {}
     )
     if body.name:
         metadata["name"] = body.name
-    call = await stores.calls.create_call(
-        tenant_id,
-        type=OUTBOUND,
-        status="queued",
-        assistant_id=body.assistant_id,
-        phone_number_id=number.id,
-        from_number=number.number,
-        to_number=body.customer.number,
-        metadata=metadata,
-    )
-    headers, scheme = request.headers, request.url.scheme
-    twiml = outbound_twiml(
-        state.settings, external_url(state, headers, scheme, MEDIA_PATH, True), call
-    )
-    try:
-        async with twilio:
-            call_sid = await twilio.create_call(
-                to=body.customer.number,
-                from_=number.number,
-                twiml=twiml,
-                status_callback=external_url(state, headers, scheme, STATUS_PATH, False),
-            )
-    except TwilioRestError as exc:
-        # The record stays, ended, so the attempt and Twilio's reason are on file.
-        await stores.calls.finish_call(call.id, TWILIO_FAILED, str(exc))
-        status = 502 if exc.retryable else 400
-        raise ApiError(status, f"Twilio did not place the call (call {call.id}): {exc}") from exc
-    await stores.calls.set_twilio_sid(tenant_id, call.id, call_sid)
-    record = await stores.calls.get_call(tenant_id, call.id)
-    assert record is not None  # written above, in this tenant
-    return _call_json(record, _base_url(state, request))
+    if customer.known():
+        metadata[CUSTOMER] = customer.known()
+    return {
+        "type": OUTBOUND,
+        "assistant_id": body.assistant_id,
+        "phone_number_id": number_id,
+        "from_number": from_number,
+        "to_number": customer.number,
+        "metadata": metadata,
+    }
 
 
 @router.get("")
@@ -174,9 +308,16 @@ async def list_calls(
     created_at_lt: Annotated[datetime | None, Query(alias="createdAtLt")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: str | None = None,
+    success_evaluation: Annotated[
+        str | None, Query(alias="analysis.successEvaluation", max_length=_MAX_FILTER_VALUE)
+    ] = None,
 ) -> list[JsonObject]:
+    """Newest first. `analysis.successEvaluation=<value>` and
+    `analysis.structuredData.<field>=<value>` filter on the call's analysis (a field's value as
+    text: "true", "3", "Paris"); `analysis.structuredData.<field>` alone: the field is there."""
     if status is not None and status not in CALL_STATUSES:
         raise ApiError(422, [f"status: must be one of {', '.join(CALL_STATUSES)}"])
+    structured = _structured_filters(request)
     try:
         page = await state.stores.calls.list_calls(
             tenant_id,
@@ -188,6 +329,8 @@ async def list_calls(
             limit=limit,
             cursor=cursor,
             details=True,
+            success_evaluation=success_evaluation,
+            structured_data=structured,
         )
     except ValueError as exc:
         raise ApiError(422, [f"cursor: {exc}"]) from exc
@@ -197,6 +340,25 @@ async def list_calls(
     return [_call_json(call, base) for call in page.items]
 
 
+def _structured_filters(request: Request) -> dict[str, str | None]:
+    """`analysis.structuredData.<field>[=<value>]` query parameters (bounded in number, names
+    and values); an empty value means "present"."""
+    out: dict[str, str | None] = {}
+    for key, value in request.query_params.multi_items():
+        if not key.startswith("analysis.") or key == "analysis.successEvaluation":
+            continue
+        name = key.removeprefix(_STRUCTURED)
+        if not key.startswith(_STRUCTURED) or not FILTER_FIELD.fullmatch(name):
+            wanted = "analysis.successEvaluation or analysis.structuredData.<field>"
+            raise ApiError(422, [f"{key[:80]}: filter on {wanted} (letters, digits, _)"])
+        if len(value) > _MAX_FILTER_VALUE:
+            raise ApiError(422, [f"{key}: at most {_MAX_FILTER_VALUE} characters"])
+        out[name] = value or None
+    if len(out) > _MAX_FILTERS:
+        raise ApiError(422, [f"analysis.structuredData: at most {_MAX_FILTERS} fields"])
+    return out
+
+
 @router.get("/{call_id}")
 async def get_call(
     call_id: str, request: Request, state: StateDep, tenant_id: TenantDep
@@ -204,7 +366,9 @@ async def get_call(
     record = await state.stores.calls.get_call(tenant_id, call_id)
     if record is None:
         raise not_found("call")
-    return _call_json(record, _base_url(state, request))
+    out = _call_json(record, _base_url(state, request))
+    add_presigned_urls(state.settings, out, tenant_id, time.time())  # this call only, not lists
+    return out
 
 
 @router.post("/{call_id}/control")
@@ -215,47 +379,52 @@ async def control_call(
     tenant_id: TenantDep,
     body: Annotated[JsonObject, Body()],
 ) -> JsonObject:
-    """Vapi's live control; AVA acts on `{"type": "end-call"}`."""
+    """Vapi's live control (control/control_commands.py) on whichever node holds the call
+    (control/live_control.py). `end-call` answers with the ended call; the others once the
+    call has taken the command."""
     record = await state.stores.calls.get_call(tenant_id, call_id, details=False)
     if record is None:
         raise not_found("call")  # before validating the body: no existence leak
     try:
-        message = ControlMessage.model_validate(body)
+        command = parse_command(body)
     except ValidationError as exc:
         raise ApiError(422, validation_messages(exc.errors())) from exc
-    if message.type != "end-call":
-        raise ApiError(
-            400, f"control type {message.type!r} is not supported; AVA supports end-call"
-        )
-    if record.status != "ended":
-        await _end_call(state, record)
-    ended = await state.stores.calls.get_call(tenant_id, call_id)
-    assert ended is not None
-    return _call_json(ended, _base_url(state, request))
+    except ValueError as exc:
+        raise ApiError(422, [str(exc)]) from exc
+    live: LiveControl = request.app.state.live_control
+    if isinstance(command, EndCallCommand):
+        if record.status != "ended":
+            await _end_call(state, record, live)
+        ended = await state.stores.calls.get_call(tenant_id, call_id)
+        assert ended is not None
+        return _call_json(ended, _base_url(state, request))
+    outcome = await live.send(record, command)
+    if not outcome.ok:
+        raise ApiError(outcome.status, outcome.message)
+    return {"id": call_id, "type": command.type, "status": "sent", "message": outcome.message}
 
 
-async def _end_call(state: AppState, record: CallRecord) -> None:
-    """End the record (first end wins), hang up the live session, hang up Twilio's leg."""
-    detail = "ended through the API"
-    await state.stores.calls.finish_call(record.id, EndedReason.MANUALLY_CANCELED, detail)
-    session = state.calls.live.get(record.id)
-    if session is not None:
-        session.hang_up(EndedReason.MANUALLY_CANCELED, detail)
+async def _end_call(state: AppState, record: CallRecord, live: LiveControl) -> None:
+    """End the record (first end wins), hang up the live session wherever it runs, hang up
+    Twilio's leg (from any node: also when the session's node does not answer)."""
+    await state.stores.calls.finish_call(record.id, EndedReason.MANUALLY_CANCELED, END_CALL_DETAIL)
+    outcome = await live.send(record, EndCallCommand(type="end-call"))
+    held = outcome.ok  # a session (here or on another node) took the hang-up
+    if not held and outcome.status >= 500:
+        log.warning("call %s: session not hung up: %s", record.id, outcome.message)
     if not record.twilio_call_sid:
         return
-    credentials = None
-    if record.tenant_id is not None and record.phone_number_id is not None:
-        credentials = await state.stores.phone_numbers.credentials(
-            record.tenant_id, record.phone_number_id
-        )
-    twilio = twilio_for(state.settings, credentials)
-    if twilio is None:
-        return  # dev mode: no account to ask; closing the media stream ends the call
     try:
-        async with twilio:
-            await twilio.end_call(record.twilio_call_sid)
+        # In dev mode there is no account to ask: closing the media stream ends the call.
+        await hang_up_at_twilio(
+            state.settings,
+            state.stores,
+            tenant_id=record.tenant_id,
+            phone_number_id=record.phone_number_id,
+            call_sid=record.twilio_call_sid,
+        )
     except TwilioRestError as exc:
-        if session is None:
+        if not held:
             # Nothing of ours held the call: Twilio's leg may still be up.
             raise ApiError(502, f"Twilio did not end call {record.id}: {exc}") from exc
         log.warning(

@@ -26,6 +26,7 @@ from control.twilio_status import STATUS_PATH
 from storage import UNSET, Conflict, NotFound, TwilioCredentials
 from storage.resources import Unset
 from voice.assistant import check_server
+from voice.notification_plan import NotificationPlan
 
 __all__ = ["router"]
 
@@ -57,6 +58,13 @@ class _Body(BaseModel):
     twilio_api_secret: str | None = Field(
         default=None, validation_alias=AliasChoices("twilioApiSecret", "apiSecret")
     )
+    # AVA extension: e-mail summaries of the number's calls, merged over its assistant's plan.
+    notification_plan: NotificationPlan | None = None
+
+    def plan_json(self) -> dict[str, Any] | None:
+        """The plan as given (only the fields set: a number overrides what it names)."""
+        plan = self.notification_plan
+        return None if plan is None else plan.model_dump(by_alias=True, exclude_unset=True)
 
     @field_validator("server")
     @classmethod
@@ -161,6 +169,7 @@ async def import_phone_number(
             name=body.name,
             assistant_id=body.assistant_id,
             server=body.server,
+            notification_plan=body.plan_json(),
         )
     except ValueError as exc:
         raise ApiError(422, [f"number: {exc}"]) from exc
@@ -214,6 +223,7 @@ async def update_phone_number(
             assistant_id=body.assistant_id if "assistant_id" in given else UNSET,
             server=body.server if "server" in given else UNSET,
             credentials=credentials,
+            notification_plan=body.plan_json() if "notification_plan" in given else UNSET,
         )
     except NotFound as exc:
         raise ApiError(422, [f"assistantId: {exc}"]) from exc

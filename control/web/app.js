@@ -1,7 +1,10 @@
 // AVA's "talk to an assistant" page: plain ES module, no build step, nothing fetched from
 // elsewhere. It calls POST /webrtc/offer (non-trickle), plays the assistant's audio track,
-// shows the call's events from the data channel, and reads past calls from the control API.
+// shows the call's events from the data channel, reads past calls from the control API (their
+// summary, cost and recording) and places outbound test calls (POST /call with variables).
 // Test hooks: window.ava.stats (what the page measured) and data-testid attributes.
+// Text from the server (tenant-provided names, summaries, transcripts) only ever goes in through
+// textContent / option.textContent / title, never as HTML: a summary cannot script the page.
 
 const $ = (id) => document.getElementById(id);
 
@@ -11,6 +14,7 @@ const state = {
   tokenAssistant: hashParam("assistant"),
   config: null,
   call: null, // {pc, channel, mic, timers, ended}
+  assistants: [], // the tenant's, for the outbound form
   audioCtx: null,
   turns: [],
 };
@@ -26,6 +30,7 @@ const stats = {
   turns: 0,
   transcripts: 0, // transcript events (interim and final) shown live
   partials: 0,
+  outboundCallId: null, // the last call the outbound form placed
   errors: [],
 };
 window.ava = { stats };
@@ -109,6 +114,7 @@ async function loadAssistants() {
   const select = $("assistant");
   select.replaceChildren();
   const options = [];
+  state.assistants = [];
   if (state.token) {
     options.push({ id: state.tokenAssistant, name: "assistant of the web token" });
   } else {
@@ -117,6 +123,7 @@ async function loadAssistants() {
         options.push({ id: a.id, name: a.name || a.id });
       }
     }
+    state.assistants = options.slice();
     if (state.config.devMode && state.config.defaultAssistant) {
       const d = state.config.defaultAssistant;
       options.push({ id: d.id, name: `${d.name} (default, dev mode)` });
@@ -158,6 +165,7 @@ async function setup() {
     return;
   }
   refreshCalls();
+  setupOutbound();
 }
 
 // --- a call -----------------------------------------------------------------------------------
@@ -489,17 +497,127 @@ async function refreshCalls() {
       (call.metadata && call.metadata.assistantName) || call.assistantId || "",
       fmtDuration(call),
       call.endedReason || call.status,
-      String(turns.length),
-      metrics.turnLatencyAverage !== undefined ? `${Math.round(metrics.turnLatencyAverage)} ms` : "",
     ];
-    for (const text of cells) {
-      const td = document.createElement("td");
-      td.textContent = text;
-      tr.append(td);
-    }
+    for (const text of cells) tr.append(cell(text));
+    tr.append(cell(fmtCost(call.cost), costTitle(call), "cost"));
+    const summary = callSummary(call);
+    tr.append(cell(summary, summary, "summary"));
+    const rec = document.createElement("td");
+    rec.className = "recording";
+    if (hasRecording(call)) rec.append(playButton(call.id, rec));
+    tr.append(rec);
+    tr.append(cell(String(turns.length)));
+    const avg = metrics.turnLatencyAverage;
+    tr.append(cell(avg !== undefined ? `${Math.round(avg)} ms` : ""));
     tr.addEventListener("click", () => showCall(call.id, tr));
     body.append(tr);
   }
+}
+
+function cell(text, title = "", cls = "") {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (title) td.title = title; // an attribute value, never parsed as HTML
+  if (cls) td.className = cls;
+  return td;
+}
+
+function callSummary(call) {
+  const analysis = call.analysis || {};
+  return String(analysis.summary || call.summary || "");
+}
+
+function fmtCost(cost) {
+  if (typeof cost !== "number") return "";
+  return `$${cost < 0.01 && cost > 0 ? cost.toFixed(4) : cost.toFixed(2)}`;
+}
+
+// The breakdown shown on hover: Vapi's costBreakdown, else the call's costs[] items.
+const COST_PARTS = [
+  ["transport", "transport"],
+  ["stt", "transcriber"],
+  ["llm", "model"],
+  ["tts", "voice"],
+  ["vapi", "platform"],
+];
+
+function costTitle(call) {
+  const b = call.costBreakdown;
+  const lines = [];
+  if (b) {
+    for (const [field, label] of COST_PARTS) {
+      if (typeof b[field] === "number" && b[field] > 0) lines.push(`${label}: ${fmtCost(b[field])}`);
+    }
+    if (b.llmPromptTokens || b.llmCompletionTokens) {
+      lines.push(`tokens: ${b.llmPromptTokens || 0} in, ${b.llmCompletionTokens || 0} out`);
+    }
+    if (b.ttsCharacters) lines.push(`TTS characters: ${b.ttsCharacters}`);
+  } else {
+    for (const item of call.costs || []) {
+      if (typeof item.cost === "number") lines.push(`${item.type}: ${fmtCost(item.cost)}`);
+    }
+  }
+  return lines.join("\n");
+}
+
+function hasRecording(call) {
+  const artifact = call.artifact || {};
+  return Boolean(artifact.recordingUrl || call.recordingUrl);
+}
+
+// An <audio> element cannot send the API key, so the player gets a signed, expiring URL from
+// GET /call/{id}/recording (GET /dev/call/{id}/recording for the dev scope, in dev mode), fetched
+// only when asked for: a list of calls does not mint a token per row.
+function recordingPath(id) {
+  const base = state.key ? "/call" : "/dev/call";
+  return `${base}/${encodeURIComponent(id)}/recording`;
+}
+
+// The signed URL's path and query on this page's origin: the player never leaves the server
+// that served the page, whatever public URL the server names itself by.
+function sameOrigin(url) {
+  const u = new URL(url, location.href);
+  return u.pathname + u.search;
+}
+
+function playButton(id, container) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "small";
+  button.textContent = "▶ play";
+  button.dataset.testid = "play-recording";
+  button.addEventListener("click", async (e) => {
+    e.stopPropagation(); // not the row's click (the call's detail)
+    button.disabled = true;
+    try {
+      const info = await api(recordingPath(id));
+      container.replaceChildren(recordingPlayer(info, true));
+    } catch (err) {
+      button.disabled = false;
+      button.title = err.message;
+      button.textContent = "▶ retry";
+    }
+  });
+  return button;
+}
+
+function recordingPlayer(info, autoplay) {
+  const box = document.createElement("span");
+  box.className = "player";
+  box.addEventListener("click", (e) => e.stopPropagation());
+  const audio = document.createElement("audio");
+  audio.controls = true;
+  audio.preload = "metadata";
+  audio.dataset.testid = "recording";
+  audio.src = sameOrigin(info.presignedRecordingUrl);
+  const stereo = document.createElement("a");
+  stereo.href = sameOrigin(info.presignedStereoRecordingUrl);
+  stereo.textContent = "stereo";
+  stereo.title = "caller left, assistant right; the link expires";
+  stereo.download = "";
+  box.append(audio, stereo);
+  if (autoplay) audio.play().catch(() => {});
+  return box;
 }
 
 async function showCall(id, row) {
@@ -522,6 +640,12 @@ async function showCall(id, row) {
     p.className = "hint";
     p.textContent = call.endedMessage;
     left.append(p);
+  }
+  left.append(analysisBlock(call));
+  if (hasRecording(call)) {
+    const slot = document.createElement("p");
+    slot.append(playButton(call.id, slot));
+    left.append(slot);
   }
   const list = document.createElement("ol");
   list.className = "transcript";
@@ -563,6 +687,145 @@ async function showCall(id, row) {
   detail.append(left, right);
 }
 
+function analysisBlock(call) {
+  const dl = document.createElement("dl");
+  dl.className = "analysis";
+  dl.dataset.testid = "call-analysis";
+  const add = (term, value, title = "") => {
+    if (value === undefined || value === null || value === "") return;
+    const dt = document.createElement("dt");
+    dt.textContent = term;
+    const dd = document.createElement("dd");
+    dd.textContent = typeof value === "string" ? value : JSON.stringify(value);
+    if (title) dd.title = title;
+    dl.append(dt, dd);
+  };
+  const analysis = call.analysis || {};
+  add("summary", callSummary(call));
+  add("success", analysis.successEvaluation);
+  add("structured data", analysis.structuredData);
+  if (analysis.errors && Object.keys(analysis.errors).length) add("analysis errors", analysis.errors);
+  add("cost", fmtCost(call.cost), costTitle(call));
+  const variables = (call.artifact || {}).variableValues;
+  if (variables && Object.keys(variables).length) add("variables", variables);
+  return dl;
+}
+
+// --- outbound test calls ----------------------------------------------------------------------
+
+// POST /call needs a tenant's key, one of its assistants and one of its imported numbers: the
+// call goes through that number's Twilio account (in dev, AVA_TWILIO_API_BASE_URL can point at
+// the fake Twilio REST so nothing is dialled).
+async function setupOutbound() {
+  const assistantSelect = $("out-assistant");
+  const numberSelect = $("out-number");
+  assistantSelect.replaceChildren();
+  numberSelect.replaceChildren();
+  $("place-call").disabled = true;
+  const result = $("out-result");
+  for (const field of $("outbound").querySelectorAll("input, select")) field.disabled = !state.key;
+  $("add-var").disabled = !state.key;
+  if (!state.key) {
+    result.textContent = "Enter an API key: outbound calls go from one of your tenant's numbers.";
+    return;
+  }
+  for (const a of state.assistants) assistantSelect.append(option(a.id, a.name));
+  let numbers = [];
+  try {
+    numbers = await api("/phone-number?limit=100");
+  } catch (err) {
+    result.textContent = err.message;
+    return;
+  }
+  for (const n of numbers) {
+    numberSelect.append(option(n.id, n.name ? `${n.number} (${n.name})` : n.number));
+  }
+  if (!numbers.length) {
+    result.textContent = "Import a number first (POST /phone-number) to call from it.";
+  } else if (!state.assistants.length) {
+    result.textContent = "Create an assistant first (POST /assistant).";
+  } else {
+    result.textContent = "";
+    $("place-call").disabled = false;
+  }
+}
+
+function option(value, text) {
+  const o = document.createElement("option");
+  o.value = value;
+  o.textContent = text;
+  return o;
+}
+
+function addVariableRow(name = "", value = "") {
+  const row = document.createElement("div");
+  row.className = "row var";
+  row.dataset.testid = "var-row";
+  const key = document.createElement("input");
+  key.placeholder = "name";
+  key.value = name;
+  key.className = "var-name";
+  key.setAttribute("aria-label", "variable name");
+  const val = document.createElement("input");
+  val.placeholder = "value";
+  val.value = value;
+  val.className = "var-value";
+  val.setAttribute("aria-label", "variable value");
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.className = "small";
+  remove.textContent = "✕";
+  remove.title = "remove this variable";
+  remove.addEventListener("click", () => row.remove());
+  row.append(key, val, remove);
+  $("out-vars").append(row);
+}
+
+// The request body, as Vapi's SDKs send it; throws on two variables of one name.
+function outboundBody() {
+  const variableValues = {};
+  for (const row of $("out-vars").children) {
+    const name = row.querySelector(".var-name").value.trim();
+    if (!name) continue;
+    if (Object.hasOwn(variableValues, name)) throw new Error(`variable "${name}" is given twice`);
+    variableValues[name] = row.querySelector(".var-value").value;
+  }
+  const body = {
+    assistantId: $("out-assistant").value,
+    phoneNumberId: $("out-number").value,
+    customer: { number: $("out-customer").value.trim() },
+  };
+  if (Object.keys(variableValues).length) body.assistantOverrides = { variableValues };
+  return body;
+}
+
+async function placeOutbound(e) {
+  e.preventDefault();
+  const result = $("out-result");
+  result.className = "hint";
+  let body;
+  try {
+    body = outboundBody();
+  } catch (err) {
+    result.className = "hint error-text";
+    result.textContent = err.message;
+    return;
+  }
+  $("place-call").disabled = true;
+  result.textContent = "placing…";
+  try {
+    const call = await api("/call", { method: "POST", body });
+    stats.outboundCallId = call.id;
+    result.textContent = `Placed ${call.id} (${call.status}) to ${body.customer.number}.`;
+    refreshCalls();
+  } catch (err) {
+    result.className = "hint error-text";
+    result.textContent = err.message;
+  } finally {
+    $("place-call").disabled = false;
+  }
+}
+
 // --- wiring -----------------------------------------------------------------------------------
 
 $("key").value = state.key;
@@ -576,4 +839,7 @@ $("key-form").addEventListener("submit", (e) => {
 $("call").addEventListener("click", startCall);
 $("hangup").addEventListener("click", hangUp);
 $("refresh").addEventListener("click", refreshCalls);
+$("outbound").addEventListener("submit", placeOutbound);
+$("add-var").addEventListener("click", () => addVariableRow());
+addVariableRow();
 setup();

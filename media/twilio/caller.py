@@ -14,6 +14,7 @@ import contextlib
 import functools
 import time
 import xml.etree.ElementTree as ElementTree
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import uuid4
@@ -30,7 +31,9 @@ __all__ = [
     "CallReport",
     "CallScript",
     "CallTrace",
+    "Converse",
     "TwimlStream",
+    "media_stream",
     "place_call",
     "parse_twiml",
     "voiced",
@@ -38,6 +41,10 @@ __all__ = [
 
 FRAME = 160
 FRAME_SECONDS = 0.02
+# (media socket, the Twilio side of the stream, the script, the report to fill)
+Converse = Callable[
+    [websockets.ClientConnection, PhoneLine, "CallScript", "CallReport"], Awaitable[None]
+]
 VOICED_DBFS = -40.0  # a 20 ms frame above this is speech, not line noise or comfort silence
 
 
@@ -233,9 +240,15 @@ async def place_call(
     to_number: str = "+15557654321",
     fetch_record: bool = True,
     http: httpx.AsyncClient | None = None,
+    converse: Converse | None = None,
+    webhook_via: str | None = None,
 ) -> CallReport:
     """Place one call. `http`: a client to share between calls (many concurrent callers would
-    otherwise each build an SSL context)."""
+    otherwise each build an SSL context). `converse`: what the caller does on the media stream
+    (default: say `script`), for drivers with a script of their own (the turn-taking bench).
+    `webhook_via`: the server the voice webhook reaches, signed for `base_url` as Twilio signs
+    the number's configured URL (a balancer sent it to one node; the stream goes where the
+    TwiML says)."""
     account_sid = "AC" + uuid4().hex
     call_sid = "CA" + uuid4().hex
     stream_sid = "MZ" + uuid4().hex
@@ -259,7 +272,8 @@ async def place_call(
         headers = {}
         if auth_token:
             headers["X-Twilio-Signature"] = compute_signature(auth_token, webhook, form)
-        response = await http.post(webhook, data=form, headers=headers)
+        target = f"{webhook_via.rstrip('/')}/twilio/voice" if webhook_via else webhook
+        response = await http.post(target, data=form, headers=headers)
         if response.status_code != 200:
             report.error = f"voice webhook answered {response.status_code}: {response.text[:200]}"
             return report
@@ -277,7 +291,7 @@ async def place_call(
             async with websockets.connect(
                 stream.url, additional_headers=ws_headers, open_timeout=10
             ) as ws:
-                await _converse(ws, line, script, report)
+                await (converse or _converse)(ws, line, script, report)
         except (OSError, websockets.WebSocketException, TimeoutError) as exc:
             report.error = f"media stream failed: {exc!r}"
         if fetch_record:
@@ -297,34 +311,49 @@ async def _fetch_record(http: httpx.AsyncClient, base_url: str, call_sid: str) -
     return record
 
 
-async def _converse(
-    ws: websockets.ClientConnection, line: PhoneLine, script: CallScript, report: CallReport
-) -> None:
-    call = _Call(line, script, report)
+@contextlib.asynccontextmanager
+async def media_stream(
+    ws: websockets.ClientConnection,
+    line: PhoneLine,
+    on_server_text: Callable[[str], None],
+    now: Callable[[], float],
+) -> AsyncIterator[float]:
+    """Open the stream as Twilio does (`connected`, `start`) and hand every server message to
+    `on_server_text` while the body talks; yields when `start` was sent."""
 
     async def receive() -> None:
         with contextlib.suppress(websockets.ConnectionClosed):
             async for text in ws:
                 if isinstance(text, str):
-                    call.on_server_text(text)
+                    on_server_text(text)
 
     async with asyncio.TaskGroup() as tg:
         receiver = tg.create_task(receive())
         await ws.send(line.connected())
-        await ws.send(line.start(call.now()))
-        start_sent = report.trace.start_sent = call.now()
+        await ws.send(line.start(now()))
+        try:
+            yield now()
+        finally:
+            receiver.cancel()
+
+
+async def _converse(
+    ws: websockets.ClientConnection, line: PhoneLine, script: CallScript, report: CallReport
+) -> None:
+    call = _Call(line, script, report)
+    async with media_stream(ws, line, call.on_server_text, call.now) as start_sent:
+        report.trace.start_sent = start_sent
         try:
             await _speak_script(ws, call)
         except websockets.ConnectionClosed:
             pass  # the server ended the call: a valid ending for a script
         finally:
-            receiver.cancel()
             report.trace.ended = call.now()
             report.trace.played = [
                 (segment.start, segment.audio) for segment in line.played_segments(call.now())
             ]
-        if call.first_voiced_rx is not None:
-            report.greeting_latency = call.first_voiced_rx - start_sent
+    if call.first_voiced_rx is not None:
+        report.greeting_latency = call.first_voiced_rx - start_sent
 
 
 async def _speak_script(ws: websockets.ClientConnection, call: _Call) -> None:

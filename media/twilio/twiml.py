@@ -16,6 +16,7 @@ __all__ = [
     "XML_DECLARATION",
     "connect_stream",
     "dial",
+    "redirect",
     "say_and_hangup",
 ]
 
@@ -47,6 +48,15 @@ def connect_stream(
                 f"parameter {name!r}: name and value must be under {MAX_PARAMETER_LENGTH} chars"
             )
         _child(stream, "Parameter", {"name": name, "value": value})
+    return _serialize(response)
+
+
+def redirect(url: str) -> str:
+    """`<Redirect method="POST">`: Twilio requests `url` with the same call parameters and
+    follows the TwiML it gets there (a draining node hands a new call back to the balancer)."""
+    response = ET.Element("Response")
+    element = _child(response, "Redirect", {"method": "POST"})
+    element.text = _check(url)
     return _serialize(response)
 
 

@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from media.audio_format import MULAW_8K
 from media.rate_guard import MediaRateExceeded, MediaRateGuard
 from media.transport import AudioReceived, InboundEvent, TransportClosed
 from media.twilio.messages import ProtocolError, Start
@@ -35,6 +36,7 @@ _OUR_FAULT = ("pipeline-error", "error-server")
 
 class TwilioWebSocket:
     kind = "twilio"
+    audio_format = MULAW_8K  # Media Streams: μ-law 8 kHz, both ways
 
     def __init__(
         self,

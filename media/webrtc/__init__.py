@@ -5,9 +5,8 @@ own so this package never pulls in a WebRTC stack.
 """
 
 from media.webrtc.audio import (
-    FRAME_BYTES,
+    AUDIO_FORMAT,
     FRAME_SECONDS,
-    SAMPLE_RATE,
     FrameSchedule,
     InboundAudio,
     Playout,
@@ -16,10 +15,9 @@ from media.webrtc.audio import (
 from media.webrtc.sdp import MAX_SDP_BYTES, OfferError, OfferSummary, check_offer
 
 __all__ = [
-    "FRAME_BYTES",
+    "AUDIO_FORMAT",
     "FRAME_SECONDS",
     "MAX_SDP_BYTES",
-    "SAMPLE_RATE",
     "FrameSchedule",
     "InboundAudio",
     "OfferError",

@@ -1,8 +1,12 @@
-"""Sans-I/O audio between a browser's WebRTC track and the call loop's μ-law 8 kHz frames.
+"""Sans-I/O audio between a browser's WebRTC track and the call loop's frames.
+
+A browser call is wideband: the call's format (`AUDIO_FORMAT`) is 16 kHz PCM16, not the phone
+leg's μ-law 8 kHz, so the STT hears and the caller hears everything up to 8 kHz. Any
+`media.audio_format.AudioFormat` works (the tests run μ-law 8 kHz through it too).
 
 Inbound, the browser's Opus arrives decoded as 48 kHz int16 (aiortc decodes to stereo): it is
 down-mixed, resampled by `StreamingResampler` (emits audio for every packet, so no 100 ms
-hold-back) and cut into 20 ms μ-law frames, the unit the VAD and the STT are fed.
+hold-back) and cut into 20 ms frames of the call's format, the unit the VAD and the STT are fed.
 
 Outbound, `Playout` is the queue in front of the outbound track, with Twilio's semantics: audio
 plays in order, a mark is "echoed" once everything queued before it has played, and `clear`
@@ -20,35 +24,34 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from media.audio_format import FRAME_SECONDS, PCM16_16K, AudioFormat
 from media.framing import Framer
-from media.g711 import SILENCE_BYTE, pcm16_to_ulaw
 from media.resample import StreamingResampler
 
 __all__ = [
-    "FRAME_BYTES",
+    "AUDIO_FORMAT",
     "FRAME_SECONDS",
-    "SAMPLE_RATE",
     "FrameSchedule",
     "InboundAudio",
     "Playout",
     "Tick",
 ]
 
-SAMPLE_RATE = 8000  # the call loop's rate (μ-law, one byte per sample)
-FRAME_SECONDS = 0.02
-FRAME_BYTES = int(SAMPLE_RATE * FRAME_SECONDS)
+AUDIO_FORMAT = PCM16_16K  # what a browser call carries between the track and the session
 
 
 class InboundAudio:
-    """Decoded browser audio (interleaved int16, any rate and channel count) → 20 ms μ-law."""
+    """Decoded browser audio (interleaved int16, any rate and channel count) → 20 ms frames of
+    `audio_format`."""
 
-    def __init__(self) -> None:
+    def __init__(self, audio_format: AudioFormat = AUDIO_FORMAT) -> None:
+        self.audio_format = audio_format
         self._rate = 0
         self._resampler: StreamingResampler | None = None
-        self._framer = Framer(FRAME_BYTES)
+        self._framer = Framer(audio_format.frame_bytes, audio_format.silence_byte)
 
     def push(self, pcm16: bytes, sample_rate: int, channels: int) -> list[bytes]:
-        """Returns every whole 20 ms μ-law frame now available (the rest waits for more)."""
+        """Returns every whole 20 ms frame now available (the rest waits for more)."""
         if sample_rate <= 0 or channels <= 0:
             raise ValueError(f"bad audio format: {sample_rate} Hz, {channels} channels")
         if len(pcm16) % (2 * channels):
@@ -61,17 +64,17 @@ class InboundAudio:
         if sample_rate != self._rate:
             # A format change mid-call (renegotiation) restarts the filter; a click at most.
             self._rate = sample_rate
-            self._resampler = StreamingResampler(sample_rate, SAMPLE_RATE)
+            self._resampler = StreamingResampler(sample_rate, self.audio_format.sample_rate)
         assert self._resampler is not None
-        pcm8k = self._resampler.process(samples.tobytes())
-        return self._framer.push(pcm16_to_ulaw(pcm8k))
+        pcm = self._resampler.process(samples.tobytes())
+        return self._framer.push(self.audio_format.from_pcm16(pcm))
 
 
 @dataclass(frozen=True, slots=True)
 class Tick:
     """What the outbound track does at one frame time."""
 
-    frame: bytes  # 20 ms of μ-law, silence-padded
+    frame: bytes  # 20 ms of the call's format, silence-padded
     marks: tuple[str, ...]  # marks whose audio has now played, in order
     audio_bytes: int  # how much of `frame` is assistant audio (the rest is silence)
 
@@ -86,10 +89,17 @@ class Playout:
     echo confirms every mark before it.
     """
 
-    def __init__(self, max_seconds: float = 2.0, max_marks: int = 256) -> None:
+    def __init__(
+        self,
+        max_seconds: float = 2.0,
+        max_marks: int = 256,
+        audio_format: AudioFormat = AUDIO_FORMAT,
+    ) -> None:
         if max_seconds <= 0 or max_marks <= 0:
             raise ValueError("the playout queue needs room for some audio and marks")
-        self.max_bytes = int(max_seconds * SAMPLE_RATE)
+        self.audio_format = audio_format
+        self.frame_bytes = audio_format.frame_bytes
+        self.max_bytes = audio_format.bytes_for(max_seconds)
         self._buffer = bytearray()  # audio from `_handed` to `_end`
         self._handed = 0  # offset of the next byte to hand to the track
         self._end = 0
@@ -98,16 +108,17 @@ class Playout:
 
     @property
     def queued_seconds(self) -> float:
-        return len(self._buffer) / SAMPLE_RATE
+        return self.audio_format.seconds(len(self._buffer))
 
     @property
     def pending_marks(self) -> int:
         return len(self._marks)
 
-    def push_audio(self, ulaw: bytes) -> None:
-        self._buffer += ulaw
-        self._end += len(ulaw)
+    def push_audio(self, audio: bytes) -> None:
+        self._buffer += audio
+        self._end += len(audio)
         excess = len(self._buffer) - self.max_bytes
+        excess += excess % self.audio_format.sample_width  # never split a sample
         if excess > 0:
             del self._buffer[:excess]
             self._handed += excess
@@ -132,10 +143,11 @@ class Playout:
         marks: list[str] = []
         while self._marks and self._marks[0][0] <= played:
             marks.append(self._marks.popleft()[1])
-        audio = bytes(self._buffer[:FRAME_BYTES])
-        del self._buffer[:FRAME_BYTES]
+        size = self.frame_bytes
+        audio = bytes(self._buffer[:size])
+        del self._buffer[:size]
         self._handed += len(audio)
-        frame = audio + bytes([SILENCE_BYTE]) * (FRAME_BYTES - len(audio))
+        frame = audio + self.audio_format.silence(size - len(audio))
         return Tick(frame, tuple(marks), len(audio))
 
 

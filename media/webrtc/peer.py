@@ -2,7 +2,8 @@
 
 `WebRtcPeer` answers a browser's offer (non-trickle: aiortc gathers every candidate before the
 answer is returned) and owns the connection. Its `WebRtcTransport` gives the session the same
-contract as the Twilio websocket: μ-law 8 kHz frames in, μ-law audio, marks and `clear` out.
+contract as the Twilio websocket (frames in; audio, marks and `clear` out) in its own declared
+format, 16 kHz PCM16 (`audio_format`): a browser call is not telephone audio.
 The audio logic is sans-I/O (`media.webrtc.audio`); this module only moves frames.
 
 - Inbound: `receive()` pulls the browser's decoded frames itself (no reader task outlives the
@@ -42,7 +43,7 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 from av.frame import Frame
 
-from media.g711 import ulaw_to_pcm16
+from media.audio_format import AudioFormat
 from media.transport import (
     AudioReceived,
     InboundEvent,
@@ -50,7 +51,7 @@ from media.transport import (
     StreamStopped,
     TransportClosed,
 )
-from media.webrtc.audio import FRAME_BYTES, SAMPLE_RATE, FrameSchedule, InboundAudio, Playout
+from media.webrtc.audio import AUDIO_FORMAT, FrameSchedule, InboundAudio, Playout
 from media.webrtc.sdp import OfferError, check_offer
 
 __all__ = ["Clock", "OutboundTrack", "WebRtcPeer", "WebRtcTransport"]
@@ -110,11 +111,14 @@ class OutboundTrack(MediaStreamTrack):
             self._on_marks(tick.marks)
         self.frames += 1
         self.audio_frames += tick.audio_bytes > 0
-        pcm = np.frombuffer(ulaw_to_pcm16(tick.frame), dtype="<i2").reshape(1, -1)
+        audio_format = self.playout.audio_format
+        pcm = np.frombuffer(audio_format.to_pcm16(tick.frame), dtype="<i2").reshape(1, -1)
+        # At the call's rate: aiortc's Opus encoder resamples to 48 kHz itself (libswresample),
+        # so a 16 kHz call keeps its 4–8 kHz band all the way to the browser.
         frame = AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
+        frame.sample_rate = audio_format.sample_rate
         frame.pts = self._pts
-        self._pts += FRAME_BYTES
+        self._pts += pcm.shape[1]
         return frame
 
 
@@ -123,10 +127,17 @@ class WebRtcTransport:
 
     kind = "webrtc"
 
-    def __init__(self, clock: Clock, *, max_playout_seconds: float = 2.0) -> None:
-        self.playout = Playout(max_playout_seconds)
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        max_playout_seconds: float = 2.0,
+        audio_format: AudioFormat = AUDIO_FORMAT,
+    ) -> None:
+        self.audio_format = audio_format  # the call's audio, both ways (16 kHz PCM16)
+        self.playout = Playout(max_playout_seconds, audio_format=audio_format)
         self.track = OutboundTrack(self.playout, clock, self._marks_played)
-        self._inbound = InboundAudio()
+        self._inbound = InboundAudio(audio_format)
         self._remote: MediaStreamTrack | None = None
         self._audio: deque[bytes] = deque()  # the frames of one decoded packet (a few)
         self._marks: deque[str] = deque(maxlen=_MAX_PENDING_MARKS)

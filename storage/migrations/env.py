@@ -46,7 +46,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async(url: str) -> None:
-    engine = make_engine(url)
+    engine = make_engine(url, foreign_keys=False)  # as storage.migrate does
     try:
         async with engine.begin() as connection:
             await connection.run_sync(_run)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from benchmarks.callers import CallResult
-from benchmarks.capacity import budget_breaks, service_breaks, stagger_for
+from benchmarks.capacity import budget_breaks, service_breaks, stagger_for, sweep_ends
 from benchmarks.compare import ratios, render_compare
 from benchmarks.latency import Aggregate
 
@@ -63,6 +63,15 @@ def test_each_budget_is_checked() -> None:
     # cost alone does not stop a sweep; what a caller would notice does
     assert not any(b.startswith(("CPU", "RSS")) for b in service_breaks(breaks))
     assert service_breaks(["CPU 0.7 s per call-minute > 0.6"]) == []
+
+
+def test_a_sweep_stops_at_a_service_break_unless_told_to_keep_going() -> None:
+    broken = {"budgetBreaks": ["1 calls failed", "CPU 0.9 s per call-minute > 0.6"]}
+    costly = {"budgetBreaks": ["CPU 0.9 s per call-minute > 0.6"]}
+    assert sweep_ends(broken, keep_going=False, elapsed=10, cap=None)
+    assert not sweep_ends(broken, keep_going=True, elapsed=10, cap=None)
+    assert not sweep_ends(costly, keep_going=False, elapsed=10, cap=None)  # cost alone: go on
+    assert sweep_ends(costly, keep_going=True, elapsed=601, cap=600)  # the time cap always holds
 
 
 def test_starts_are_spread_but_bounded() -> None:

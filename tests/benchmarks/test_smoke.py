@@ -24,8 +24,10 @@ async def test_latency_smoke_run(tmp_path: Path) -> None:
     )
     assert data["failedCalls"] == 0 and data["unansweredTurns"] == 0
     assert data["voiceToVoiceMs"]["count"] == 2
-    # fakes: STT final 150 ms after speech, LLM 300 ms, TTS 150 ms; the caller hears the sum
-    assert 600 < data["voiceToVoiceMs"]["p50"] < 2000
+    # fakes: STT final ~150 ms after speech, LLM first token 300 ms, TTS first byte 150 ms. The
+    # LLM starts on the STT's endpointed final (speculatively), so the caller hears at least
+    # the LLM's and the TTS's share, and usually the STT's too (~600 ms; 599 seen in CI).
+    assert 450 < data["voiceToVoiceMs"]["p50"] < 2000
     assert data["greetingMs"]["count"] == 2 and data["greetingMs"]["max"] < 100
     server = data["serverBreakdownMs"]
     assert server["server"]["count"] == 2 and server["server"]["max"] < 100

@@ -68,6 +68,7 @@ PARAM_KINDS = {
     "key": "call",  # /dev/calls/{key}: dev mode's unauthenticated live view, by call id
     "credential_id": "credential",
     "delivery_id": "webhook-delivery",
+    "org_id": "org",  # /org/{id}: the tenant itself
 }
 
 
@@ -166,6 +167,7 @@ async def _a_objects(api: Api, phone_number: str) -> dict[str, str]:
         "credential": credential,
         "call": call.id,
         "webhook-delivery": delivery,
+        "org": api.tenant_a,
     }
 
 

@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from control.app import create_app
-from storage import ORPHANED_REASON, NotMigrated
+from storage import NotMigrated
+from storage.orphans import NODE_DIED_REASON
 from tests.conftest import AssistantFactory, ScriptedEngines, settings_for
 from tests.control.conftest import running_api
 
@@ -45,5 +46,5 @@ async def test_startup_closes_calls_a_dead_process_left_in_progress(
             transport=transport, base_url="http://ava", headers={"Authorization": f"Bearer {key}"}
         ) as client:
             closed = (await client.get(f"/call/{call.id}")).json()
-    assert closed["status"] == "ended" and closed["endedReason"] == ORPHANED_REASON
+    assert closed["status"] == "ended" and closed["endedReason"] == NODE_DIED_REASON
     assert closed["endedAt"]

@@ -69,11 +69,16 @@ async def test_post_call_places_it_through_twilio(outbound: Outbound) -> None:
     assert call["phoneCallProviderId"] == sid and call["customer"] == {"number": CUSTOMER}
     assert call["assistantId"] == outbound.assistant
     assert call["phoneNumberId"] == outbound.number
-    assert call["monitor"] == {"controlUrl": f"{api.base}/call/{call['id']}/control"}
+    ws_base = api.base.replace("http://", "ws://", 1)
+    assert call["monitor"] == {
+        "listenUrl": f"{ws_base}/call/{call['id']}/listen",
+        "controlUrl": f"{api.base}/call/{call['id']}/control",
+    }
     (request,) = fake.requests
     assert request.username == ACCOUNT
     assert request.field("To") == CUSTOMER and request.field("From") == NUMBER["number"]
-    assert request.field("StatusCallback") == f"{api.base}/twilio/status"
+    status = f"{api.base}/twilio/status?call={call['id']}&tenant={api.tenant_a}"
+    assert request.field("StatusCallback") == status
     stream = parse_twiml(request.field("Twiml") or "")
     assert stream.url == "ws" + api.base.removeprefix("http") + "/twilio/media"
     assert set(stream.parameters) == {"ava_token"}
@@ -233,8 +238,8 @@ async def test_control_and_delete_rules(outbound: Outbound) -> None:
     api = outbound.api
     call = (await api.a.post("/call", json=_body(outbound))).json()
     control = f"/call/{call['id']}/control"
-    unsupported = await api.a.post(control, json={"type": "say", "content": "hi"})
-    assert unsupported.status_code == 400 and "end-call" in unsupported.json()["message"]
+    early = await api.a.post(control, json={"type": "say", "content": "hi"})
+    assert early.status_code == 409 and "not connected yet" in early.json()["message"]
     assert (await api.a.post(control, json={"content": "no type"})).status_code == 422
     live = await api.a.delete(f"/call/{call['id']}")
     assert live.status_code == 409

@@ -22,7 +22,8 @@ from benchmarks.server import run_server
 from control.settings import Settings
 from control.stores import open_stores
 from media.twilio.caller import CallScript, place_call
-from storage import ORPHANED_REASON, TwilioCredentials, upgrade
+from storage import TwilioCredentials, upgrade
+from storage.orphans import NODE_DIED_REASON
 from voice.engines.synthesize import synthesize_ulaw
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -126,7 +127,7 @@ async def test_sigkill_mid_call_keeps_completed_turns_and_closes_the_call(
             after = (await http.get(f"/call/{before['id']}")).json()
             listed = (await http.get("/call", params={"status": "in-progress"})).json()
     assert after["status"] == "ended"
-    assert after["endedReason"] == ORPHANED_REASON
+    assert after["endedReason"] == NODE_DIED_REASON
     assert "stopped before the call ended" in after["endedMessage"]
     assert listed == []
     # every turn and message the API showed before the kill is still there, in order

@@ -86,7 +86,7 @@ async def test_cloud_calls_share_one_http_pool_closed_at_app_shutdown(
             # Startup warmed the greeting and the apology through the pool's client.
             client = hub.http.client()
             assert client is not None and not client.is_closed
-            assert len(fake.speech_requests) == 2
+            assert len(fake.speech_requests) == 4  # both lines, phone and browser formats
             calls = [hub.for_assistant(Assistant.model_validate(assistant)) for _ in range(2)]
             for engines in calls[:1]:
                 for close in engines.closers:

@@ -3,7 +3,6 @@ server, and the Redis-backed buckets against the real Redis on 127.0.0.1:6379.""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +10,6 @@ from pathlib import Path
 import httpx
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from control.limits import Bucket, LocalRateLimiter, take
 from storage.redis_limits import RedisRateLimiter
@@ -19,8 +17,6 @@ from tests.conftest import AssistantFactory, migrated_sqlite
 from tests.control.conftest import Api, api_app, running_api
 
 pytestmark = pytest.mark.timeout(60)
-
-REDIS_URL = os.environ.get("AVA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 class Clock:
@@ -113,21 +109,6 @@ async def test_unauthenticated_and_twilio_requests_are_not_limited_per_key(limit
     # Bad keys took no token from the real key's bucket.
     assert (await limited.a.get("/assistant")).status_code == 200
     assert (await limited.a.get("/assistant")).status_code == 429
-
-
-@pytest.fixture
-async def redis_url() -> AsyncIterator[str]:
-    client = Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
-        reason = f"Redis at {REDIS_URL} is unreachable: {exc!r}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (CI=true: redis tests must run)")
-        pytest.skip(reason)
-    finally:
-        await client.aclose()
-    yield REDIS_URL
 
 
 @pytest.mark.redis

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from control.app import create_app
 from control.metrics import LatenessClock, Metrics, ObservedTransport
+from media.audio_format import MULAW_8K
 from media.transport import InboundEvent, StreamStopped
 from media.twilio.caller import CallScript, place_call
 from tests.conftest import AssistantFactory, ScriptedEngines, serve, settings_for
@@ -247,6 +248,7 @@ class LaggingClock:
 
 class RecordingTransport:
     kind = "test"
+    audio_format = MULAW_8K
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []

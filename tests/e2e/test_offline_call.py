@@ -20,7 +20,7 @@ from control.app import create_app
 from control.engines import EngineHub
 from media.g711 import ulaw_to_float
 from media.twilio.caller import CallScript, place_call
-from tests.conftest import AssistantFactory, serve, settings_for
+from tests.conftest import AssistantFactory, heard_after_barge_in, serve, settings_for
 from voice.engines.synthesize import synthesize_ulaw
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -108,8 +108,11 @@ async def test_barge_in_on_the_offline_engines(server: str, questions: dict[str,
     report = await place_call(server, script)
     assert report.error is None, report.render()
     assert report.clears >= 1, report.render()
+    # Whisper gives no interim words: the caller stops hearing the assistant at once (output
+    # paused at the onset), and the clear comes at the no-words deadline (0.7 s).
+    assert heard_after_barge_in(report) < 0.3, report.render()
     reaction = report.barge_in_reaction
-    assert reaction is not None and reaction < 0.6, report.render()
+    assert reaction is not None and reaction < 0.9, report.render()
     record = report.record
     assert record is not None
     interrupted = [m for m in record["messages"] if m["interrupted"]]

@@ -430,3 +430,47 @@ def test_any_frame_sequence_gives_events_or_a_protocol_error(texts_in: list[str]
             assert exc.reason
             return  # the websocket shell closes the stream with 1008 here
     assert stream.sequence_gaps >= 0 and stream.lost_chunks >= 0
+
+
+# --- the media fast path (compact Twilio text) agrees with the general parser ----------------
+
+base64_ish = st.text(alphabet=string.ascii_letters + string.digits + "+/=", max_size=60)
+
+
+@st.composite
+def media_texts(draw: st.DrawFn) -> dict[str, Any]:
+    """Twilio-shaped media frames, some with broken payloads, numbers or odd sids."""
+    obj = draw(twilio_media_wire())
+    if draw(st.booleans()):
+        obj["streamSid"] = draw(st.text(alphabet=string.ascii_letters + string.digits + "_-"))
+    if draw(st.booleans()):
+        obj["media"]["payload"] = draw(base64_ish)  # often invalid (padding, length)
+    if draw(st.booleans()):
+        obj["media"]["chunk"] = draw(st.sampled_from(["", "1" * 19, "-1", "0", "007"]))
+    return obj
+
+
+def outcome(text: str) -> object:
+    try:
+        return parse_inbound(text)
+    except ProtocolError as exc:
+        return ("error", exc.reason)
+
+
+@PROPS
+@given(media_texts())
+def test_compact_media_text_parses_as_the_general_parser_would(obj: dict[str, Any]) -> None:
+    compact = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    spaced = json.dumps(obj, indent=1, ensure_ascii=False)  # never matches the fast path
+    assert outcome(compact) == outcome(spaced)
+
+
+@PROPS
+@given(st.builds(OutMedia, texts, payloads))
+def test_outbound_media_text_is_the_compact_json_of_its_fields(msg: OutMedia) -> None:
+    expected = {
+        "event": "media",
+        "streamSid": msg.stream_sid,
+        "media": {"payload": base64.b64encode(msg.payload).decode("ascii")},
+    }
+    assert encode_outbound(msg) == json.dumps(expected, separators=(",", ":"), ensure_ascii=False)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from twilio.twiml.voice_response import VoiceResponse
 
-from media.twilio.twiml import connect_stream, say_and_hangup
+from media.twilio.twiml import connect_stream, redirect, say_and_hangup
 
 
 def test_connect_stream_matches_the_sdk_exactly() -> None:
@@ -63,3 +64,10 @@ def test_say_and_hangup() -> None:
 
 def test_say_text_is_escaped() -> None:
     assert '<Say>Tom &amp; Jerry &lt;3 "it\'s"</Say>' in say_and_hangup('Tom & Jerry <3 "it\'s"')
+
+
+def test_redirect_matches_the_sdk_exactly() -> None:
+    url = "https://voice.example.com/twilio/voice?ava_redirects=1&x=<2>"
+    sdk = VoiceResponse()
+    sdk.redirect(url, method="POST")
+    assert redirect(url) == str(sdk)

@@ -17,6 +17,7 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 from av.frame import Frame
 
+from media.audio_format import MULAW_8K, PCM16_16K
 from media.g711 import SILENCE_BYTE, pcm16_to_ulaw
 from media.transport import AudioReceived, MarkReceived, StreamStopped, TransportClosed
 from media.webrtc.peer import WebRtcTransport
@@ -65,13 +66,42 @@ async def pull(transport: WebRtcTransport) -> AudioFrame:
     return frame
 
 
+def pcm_of(frame: AudioFrame) -> bytes:
+    data: bytes = frame.to_ndarray().astype("<i2").tobytes()
+    return data
+
+
 def ulaw_of(frame: AudioFrame) -> bytes:
-    return pcm16_to_ulaw(frame.to_ndarray().astype("<i2").tobytes())
+    return pcm16_to_ulaw(pcm_of(frame))
+
+
+@pytest.fixture
+async def phone_transport(clock: FakeClock) -> AsyncIterator[WebRtcTransport]:
+    """The same transport carrying telephone audio (the tests written for μ-law bytes)."""
+    transport = WebRtcTransport(clock, audio_format=MULAW_8K)
+    yield transport
+    await transport.close("test over")
+
+
+async def test_a_browser_call_declares_16_khz_pcm16(
+    transport: WebRtcTransport, clock: FakeClock
+) -> None:
+    assert transport.audio_format == PCM16_16K
+    pcm = (np.arange(320 * 3) % 200 - 100).astype("<i2").tobytes()  # 60 ms of a sawtooth
+    await transport.send_audio(pcm)
+    frames = []
+    for _ in range(3):
+        frames.append(await pull(transport))
+        await clock.advance(0.02)
+    assert all((f.sample_rate, f.samples) == (16000, 320) for f in frames)
+    assert b"".join(pcm_of(f) for f in frames) == pcm  # handed to the encoder unchanged
+    assert frames[1].pts == frames[0].pts + 320  # type: ignore[operator]
 
 
 async def test_frames_leave_one_per_20_ms_of_the_clock(
-    transport: WebRtcTransport, clock: FakeClock
+    phone_transport: WebRtcTransport, clock: FakeClock
 ) -> None:
+    transport = phone_transport
     first = await pull(transport)
     assert (first.sample_rate, first.samples, first.format.name) == (8000, 160, "s16")
     pending = asyncio.ensure_future(pull(transport))
@@ -92,8 +122,9 @@ async def test_frames_leave_one_per_20_ms_of_the_clock(
 
 
 async def test_audio_plays_in_order_and_marks_echo_once_played(
-    transport: WebRtcTransport, clock: FakeClock
+    phone_transport: WebRtcTransport, clock: FakeClock
 ) -> None:
+    transport = phone_transport
     speech = bytes(range(0, 250, 2)) * 7  # 875 bytes: five frames and a bit
     await transport.send_audio(speech)
     await transport.send_mark("1.1")
@@ -109,8 +140,9 @@ async def test_audio_plays_in_order_and_marks_echo_once_played(
 
 
 async def test_clear_silences_the_next_frame_and_echoes_pending_marks(
-    transport: WebRtcTransport, clock: FakeClock
+    phone_transport: WebRtcTransport, clock: FakeClock
 ) -> None:
+    transport = phone_transport
     await transport.send_audio(b"\x10" * 8000)
     await transport.send_mark("2.1")
     await transport.send_audio(b"\x10" * 800)
@@ -124,7 +156,7 @@ async def test_clear_silences_the_next_frame_and_echoes_pending_marks(
     assert transport.playout.queued_seconds == 0
 
 
-async def test_browser_audio_arrives_as_20_ms_ulaw_frames(transport: WebRtcTransport) -> None:
+async def test_browser_audio_arrives_as_20_ms_pcm16_frames(transport: WebRtcTransport) -> None:
     mic = BrowserMic()
     transport.attach_remote(mic)
     t = np.arange(960 * 10) / 48000
@@ -132,7 +164,7 @@ async def test_browser_audio_arrives_as_20_ms_ulaw_frames(transport: WebRtcTrans
     for i in range(10):
         mic.feed(samples[i * 960 : (i + 1) * 960])
     frames = [await asyncio.wait_for(transport.receive(), 1) for _ in range(9)]
-    assert all(isinstance(f, AudioReceived) and len(f.audio) == 160 for f in frames)
+    assert all(isinstance(f, AudioReceived) and len(f.audio) == 640 for f in frames)
 
 
 async def test_a_mark_is_not_held_up_by_a_silent_microphone(

@@ -7,8 +7,10 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.calls import ORPHANED_REASON, CallStore, to_vapi
+from storage.calls import CallStore, to_vapi
+from storage.orphans import NODE_DIED_REASON, OrphanStore
 from storage.tenants import TenantStore
 from voice.events import TurnLatency
 
@@ -210,27 +212,38 @@ async def test_status_moves_forward_but_never_unends(
         await calls.update_status(a, call.id, "ended")
 
 
-async def test_close_orphaned_calls(calls: CallStore) -> None:
-    live_here = await calls.create_call(None, type="webCall", status="in-progress", node_id="n1")
+async def test_a_nodes_unfinished_calls_are_closed_and_returned(
+    calls: CallStore, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    orphans = OrphanStore(sessions)
+    live_here = await calls.create_call(
+        None, type="inboundPhoneCall", status="in-progress", node_id="n1", twilio_call_sid="CA1"
+    )
     ringing_here = await calls.create_call(
         None, type="inboundPhoneCall", status="ringing", node_id="n1"
     )
     other_node = await calls.create_call(None, type="webCall", status="in-progress", node_id="n2")
     done = await calls.create_call(None, type="webCall", status="in-progress", node_id="n1")
     await calls.finish_call(done.id, "customer-ended-call")
+    unowned = await calls.create_call(None, type="outboundPhoneCall", status="queued")
 
-    assert await calls.close_orphaned_calls("n1") == 2
+    assert await orphans.nodes_with_unfinished_calls() == {"n1", "n2", None}
+    closed = await orphans.close_calls_of("n1", detail="node n1 stopped")
+    assert {c.id for c in closed} == {live_here.id, ringing_here.id}
+    assert next(c for c in closed if c.id == live_here.id).twilio_call_sid == "CA1"
     for call_id in (live_here.id, ringing_here.id):
         got = await calls.get_call(None, call_id, details=False)
         assert got is not None and got.status == "ended"
-        assert got.ended_reason == ORPHANED_REASON and got.ended_at is not None
+        assert got.ended_reason == NODE_DIED_REASON and got.ended_at is not None
+        assert got.ended_detail == "node n1 stopped"
     still = await calls.get_call(None, other_node.id)
     assert still is not None and still.status == "in-progress"
     finished = await calls.get_call(None, done.id)
     assert finished is not None and finished.ended_reason == "customer-ended-call"
+    assert await orphans.close_calls_of("n1") == []  # nothing twice
 
-    assert await calls.close_orphaned_calls(None) == 1  # every node: a single-node restart
-    assert await calls.close_orphaned_calls(None) == 0
+    assert [c.id for c in await orphans.close_calls_of(None)] == [unowned.id]
+    assert await orphans.nodes_with_unfinished_calls() == {"n2"}
 
 
 async def test_list_with_details_loads_children_for_the_page(calls: CallStore) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import insert, select, text
 
-from storage.calls import CallStore
 from storage.crypto import SEALED, SecretBox
 from storage.engine import make_engine, make_sessionmaker
 from storage.keys import (
@@ -114,10 +113,14 @@ async def _insert_rows_of_0005(url: str) -> None:
                     server=server, **stamps,
                 )
             )  # fmt: skip
-        transient = {"server": {"url": "https://t.example", "headers": {"X-Key": CALL_HEADER}}}
-        await CallStore(make_sessionmaker(engine)).create_call(
-            "t1", type="outboundPhoneCall", metadata={"assistant": transient, "team": "x"}
-        )
+            # only 0005's columns: the ORM's row is the newest revision's
+            transient = {"server": {"url": "https://t.example", "headers": {"X-Key": CALL_HEADER}}}
+            await connection.execute(
+                insert(tables["calls"]).values(
+                    id="c1", tenant_id="t1", type="outboundPhoneCall", status="queued",
+                    costs=[], metadata={"assistant": transient, "team": "x"}, **stamps,
+                )
+            )  # fmt: skip
     finally:
         await engine.dispose()
 

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.calls import CallStore, to_vapi
+from storage.orphans import OrphanStore
 from storage.recorder import CallRecorder
 from storage.tenants import TenantStore
 from storage.writes import CallWrites
@@ -270,17 +271,21 @@ async def test_flush_and_run_contracts(calls: CallStore) -> None:
         await recorder.flush()
 
 
-async def test_recorded_calls_of_a_dead_node_are_closed(calls: CallStore) -> None:
+async def test_recorded_calls_of_a_dead_node_are_closed(
+    calls: CallStore, sessions: async_sessionmaker[AsyncSession]
+) -> None:
     recorder = CallRecorder(calls, node_id="node-dead")
     async with running(recorder):
         for event in a_call("call_8")[:-1]:  # the process dies before CallEnded
             recorder.emit(event)
         await recorder.flush()
-    assert await calls.close_orphaned_calls("node-alive") == 0
-    assert await calls.close_orphaned_calls("node-dead") == 1
+    orphans = OrphanStore(sessions)
+    assert await orphans.nodes_with_unfinished_calls() == {"node-dead"}
+    assert await orphans.close_calls_of("node-alive") == []
+    assert len(await orphans.close_calls_of("node-dead")) == 1
     call = await calls.get_call(None, "call_8")
     assert call is not None and call.status == "ended"
-    assert to_vapi(call)["endedReason"] == "call.in-progress.error-server-restarted"
+    assert to_vapi(call)["endedReason"] == "call.in-progress.error-server-died"
     assert len(call.turns) == 2  # every finished turn survived
 
 

@@ -1,10 +1,13 @@
-"""PhraseChunker: streamed LLM text → TTS phrases."""
+"""PhraseChunker and WordChunker: streamed LLM text → TTS phrases or words; the TextFeed."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from voice.chunking import PhraseChunker, clean_for_speech
+from voice.chunking import PhraseChunker, WordChunker, clean_for_speech
+from voice.text_feed import TextFeed
 
 REPLY = (
     "Sure, I can help with that. Our office is at 3.5 Main St. in the U.S. and opens at 9 a.m. "
@@ -129,3 +132,67 @@ def test_flush_returns_the_unfinished_rest_once() -> None:
     assert chunker.push("We open at nine and close at five") == []
     assert chunker.flush() == "We open at nine and close at five"
     assert chunker.flush() is None
+
+
+def words(text: str, step: int) -> list[str]:
+    chunker = WordChunker()
+    pieces = [p for i in range(0, len(text), step) if (p := chunker.push(text[i : i + step]))]
+    rest = chunker.flush()
+    return pieces + ([rest] if rest else [])
+
+
+@pytest.mark.parametrize("text", [REPLY, MARKDOWN, TRICKY])
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 50])
+def test_words_are_the_same_whatever_the_split(text: str, step: int) -> None:
+    assert "".join(words(text, step)) == "".join(words(text, len(text)))
+
+
+def test_words_come_as_soon_as_they_are_complete() -> None:
+    chunker = WordChunker()
+    assert chunker.push("Sure") == ""  # may go on ("Surely")
+    assert chunker.push(", I") == "Sure, "
+    assert chunker.push(" can help") == "I can "
+    assert chunker.flush() == "help "
+    pieces = words(REPLY, 3)
+    assert all(p.endswith(" ") and not p.endswith("  ") for p in pieces)
+    assert "".join(pieces) == REPLY + " "
+
+
+def test_words_are_said_without_markdown_and_control_tokens() -> None:
+    assert "".join(words(MARKDOWN, 1)) == (
+        "Opening hours Here is what we offer, every week: Cleanings on Monday "
+        "Fillings on Tuesday 1. Call us first. 2. Then come in. Bye. "
+    )
+    # a bullet or heading sign counts only at a line start, as for whole phrases
+    assert "".join(words("Prices - from 5 - vary. # of items", 2)) == (
+        "Prices - from 5 - vary. # of items "
+    )
+
+
+def test_an_unclosed_link_or_token_holds_words_back_only_so_long() -> None:
+    chunker = WordChunker()
+    assert chunker.push("See [our page") == "See "
+    assert chunker.push(" here](https://x.y/") == ""  # the URL is not complete yet
+    assert chunker.push("a) now ") == "our page here now "  # the label, not the URL
+    stray = WordChunker()
+    assert stray.push("a [" + "word " * 50) != ""  # a stray "[" stops holding after 200 chars
+    token = WordChunker()
+    assert token.push("Bye <flush") == "Bye "
+    assert token.push(" />now ") == "now "
+
+
+async def test_a_feed_replays_from_the_first_piece_for_every_reader() -> None:
+    feed = TextFeed()
+    feed.push("one ")
+    first = aiter(feed)
+    assert await anext(first) == "one "
+    waiting = asyncio.create_task(anext(first))
+    await asyncio.sleep(0)
+    waiting.cancel()  # a reader cancelled mid-wait (barge-in) leaves the feed as it was
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    feed.push("two ")
+    feed.close()
+    assert [p async for p in feed] == ["one ", "two "]
+    with pytest.raises(RuntimeError):
+        feed.push("three ")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from media.g711 import ulaw_silence, ulaw_to_float, ulaw_to_pcm16
+from media.g711 import pcm16_to_ulaw, ulaw_silence, ulaw_to_float, ulaw_to_pcm16
 from tests.voice.conftest import SpeechClip
 from voice.engines import SileroVad
 
@@ -64,3 +64,38 @@ def test_long_quiet_skips_the_model_and_speech_after_it_is_found_as_fast(
 
     # after 3 s of skipped quiet, as quickly as 0.3 s into a fresh stream (within a window)
     assert abs(onset(3.0) - onset(0.3)) <= 0.032
+
+
+def test_quiet_speech_still_opens_the_gate(
+    silero_vad: SileroVad, engine_question_clip: SpeechClip
+) -> None:
+    """The gate (-45 dBFS mean square per 32 ms window) skips the model only on line-level
+    quiet: speech 20 dB below the clip's level (about -38 dBFS, a very soft telephone talker) is
+    still found, as early as the model finds it without any gate."""
+    pcm = np.frombuffer(ulaw_to_pcm16(engine_question_clip.ulaw), dtype="<i2")
+    soft = (pcm * 0.1).astype("<i2")  # -20 dB
+    rms = float(np.sqrt(np.mean((soft / 32768.0) ** 2)))
+    assert -42 < 20 * np.log10(rms) < -34
+    lead_in = np.zeros(int(0.5 * 8000), dtype="<i2")  # long enough for the gate to close
+    audio = pcm16_to_ulaw(np.concatenate((lead_in, soft)).tobytes())
+    scores = probabilities(silero_vad, audio)
+    voiced = [t for t, p in scores if p >= 0.5]
+    loud = [t for t, p in probabilities(silero_vad, engine_question_clip.ulaw) if p >= 0.5]
+    assert len(voiced) >= 0.6 * len(loud)  # most of the words, not just a blip
+
+    ungated = silero_vad.stream()
+    ungated_onset = None
+    pcm_all = ulaw_to_pcm16(audio)
+    for i in range(0, len(pcm_all), FRAME):
+        # Feed the model every window directly, as if there were no gate.
+        ungated._pending += pcm_all[i : i + FRAME]
+        while len(ungated._pending) >= 512:
+            window = np.frombuffer(bytes(ungated._pending[:512]), dtype="<i2")
+            ungated._input[0, :32] = ungated._input[0, 256:]
+            ungated._input[0, 32:] = window / 32768.0
+            del ungated._pending[:512]
+            if ungated._run() >= 0.5 and ungated_onset is None:
+                ungated_onset = (i + FRAME) / 16000
+    assert ungated_onset is not None
+    # within one window (plus the frame that completes it) of the ungated model
+    assert min(voiced) <= ungated_onset + 0.032 + 0.02

@@ -1,4 +1,5 @@
-"""Offline TTS with Piper: neural voice, 22.05 kHz, resampled to μ-law 8 kHz for the phone.
+"""Offline TTS with Piper: neural voice, 22.05 kHz, resampled to the call's format (μ-law 8 kHz
+for the phone, PCM16 16 kHz for a browser; `PiperTts.for_format`).
 
 The voice loads once per process. Each `synthesize()` runs Piper in the inference executor one
 sentence at a time, so the first sentence plays while the rest is synthesized, and a cancelled
@@ -17,15 +18,16 @@ from pathlib import Path
 from piper import PiperVoice
 from piper.config import PiperConfig, SynthesisConfig
 
-from media.g711 import pcm16_to_ulaw
+from media.audio_format import AudioFormat
 from media.resample import StreamingResampler
+from media.transport import TELEPHONE
 from voice.engines.executor import load_onnx_session
 from voice.errors import ConfigError, ProviderError
-from voice.types import SAMPLE_RATE, TtsChunk, WordTiming
+from voice.types import TtsChunk, WordTiming
 
 __all__ = ["PiperEngine", "PiperTts", "split_sentences"]
 
-_CHUNK_BYTES = int(0.2 * SAMPLE_RATE)  # ≤200 ms per chunk keeps barge-in and pacing responsive
+_CHUNK_SECONDS = 0.2  # ≤200 ms per chunk keeps barge-in and pacing responsive
 _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
 
 
@@ -98,18 +100,32 @@ class PiperTts:
 
     name = "piper"
 
-    def __init__(self, engine: PiperEngine, voice_key: str, config: SynthesisConfig) -> None:
+    def __init__(
+        self,
+        engine: PiperEngine,
+        voice_key: str,
+        config: SynthesisConfig,
+        audio_format: AudioFormat = TELEPHONE,
+    ) -> None:
         self._engine = engine
         self.voice_key = voice_key
         self._config = config
+        self.audio_format = audio_format
+
+    def for_format(self, audio_format: AudioFormat) -> PiperTts:
+        if audio_format == self.audio_format:
+            return self
+        return PiperTts(self._engine, self.voice_key, self._config, audio_format)
 
     async def synthesize(self, text: str) -> AsyncGenerator[TtsChunk, None]:
         loop = asyncio.get_running_loop()
         engine = self._engine
-        resampler = StreamingResampler(engine.sample_rate, SAMPLE_RATE)
-        pending = bytearray()  # μ-law not yet yielded
+        audio_format = self.audio_format
+        chunk_bytes = audio_format.bytes_for(_CHUNK_SECONDS)
+        resampler = StreamingResampler(engine.sample_rate, audio_format.sample_rate)
+        pending = bytearray()  # audio not yet yielded
         words: list[WordTiming] = []
-        emitted = 0  # μ-law bytes yielded so far: the clock for word timings
+        emitted = 0  # bytes yielded so far: the clock for word timings
         produced = 0.0  # seconds of source audio synthesized so far
 
         def take(n: int) -> TtsChunk:
@@ -117,7 +133,7 @@ class PiperTts:
             audio = bytes(pending[:n])
             del pending[:n]
             emitted += len(audio)
-            end = emitted / SAMPLE_RATE
+            end = audio_format.seconds(emitted)
             # A word goes with the chunk its start falls in, so none is announced before it plays
             # (words are in time order, so this is a prefix of `words`).
             mine = [w for w in words if w.start < end]
@@ -132,13 +148,13 @@ class PiperTts:
             duration = len(pcm) / 2 / engine.sample_rate
             words.extend(_word_timings(sentence, produced, duration))
             produced += duration
-            pending += pcm16_to_ulaw(resampler.process(pcm))
-            while len(pending) >= _CHUNK_BYTES:
-                yield take(_CHUNK_BYTES)
-        pending += pcm16_to_ulaw(resampler.process(b"", last=True))
+            pending += audio_format.from_pcm16(resampler.process(pcm))
+            while len(pending) >= chunk_bytes:
+                yield take(chunk_bytes)
+        pending += audio_format.from_pcm16(resampler.process(b"", last=True))
         # Late words (rounding at the very end) ride on the last chunk.
         while pending:
-            chunk = take(min(_CHUNK_BYTES, len(pending)))
+            chunk = take(min(chunk_bytes, len(pending)))
             if len(pending) == 0 and words:
                 chunk = TtsChunk(chunk.audio, chunk.words + tuple(words))
                 words.clear()

@@ -1,6 +1,7 @@
-"""Silero VAD at 8 kHz over onnxruntime: one shared session, one small state object per call.
+"""Silero VAD over onnxruntime: one shared session, one small state object per call.
 
-A window is 256 samples (32 ms) plus the previous 32 samples of context, as the model was trained;
+The model runs natively at both call rates: a window is 32 ms, 256 samples plus the previous 32
+of context at 8 kHz (a phone call), 512 plus 64 at 16 kHz (a browser call), as it was trained;
 the recurrent state carries across windows. Runs inline on the event loop: ~0.1 ms per window.
 """
 
@@ -17,17 +18,15 @@ from voice.errors import ConfigError, ProviderError
 
 __all__ = ["SileroVad", "SileroVadStream"]
 
-_SAMPLE_RATE = 8000
-_WINDOW = 256
-_WINDOW_BYTES = _WINDOW * 2
-_CONTEXT = 32
+_WINDOWS = {8000: (256, 32), 16000: (512, 64)}  # rate: (window, context) in samples
+_WINDOW_SECONDS = 0.032
 
 # Long non-speech (silence or line noise at 8 kHz, music) drifts the recurrent state until the
 # model under-reports the speech that follows; pipecat measured this and resets the state about
 # every 2 s of audio, but only during a run of clearly non-speech windows (~160 ms below 0.1) so
 # a reset never lands inside a word. We have no VAD state machine here, so the low-confidence run
 # alone stands in for pipecat's "VAD is quiet" condition.
-_RESET_INTERVAL_WINDOWS = int(2.0 * _SAMPLE_RATE / _WINDOW)
+_RESET_INTERVAL_WINDOWS = int(2.0 / _WINDOW_SECONDS)
 _RESET_MAX_CONFIDENCE = 0.1
 _RESET_LOW_WINDOWS = 5
 # A window this quiet is not speech whatever the recurrent state says. Silero's state holds
@@ -47,7 +46,7 @@ class SileroVad:
     """`VadModel`: loads the ONNX model once; `stream()` per call."""
 
     name = "silero"
-    window_seconds = _WINDOW / _SAMPLE_RATE
+    window_seconds = _WINDOW_SECONDS
 
     def __init__(self, path: Path) -> None:
         self._session = load_onnx_session(path, what="Silero VAD")
@@ -55,18 +54,21 @@ class SileroVad:
         if names != {"input", "state", "sr"}:
             raise ConfigError(f"{path} is not a Silero VAD v5 model (inputs {sorted(names)})")
 
-    def stream(self) -> SileroVadStream:
-        return SileroVadStream(self._session)
+    def stream(self, sample_rate: int = 8000) -> SileroVadStream:
+        if sample_rate not in _WINDOWS:
+            raise ConfigError(f"Silero VAD takes 8 or 16 kHz audio, not {sample_rate} Hz")
+        return SileroVadStream(self._session, sample_rate)
 
 
 class SileroVadStream:
     """`VadStream`: per-call buffer, context and recurrent state."""
 
-    def __init__(self, session: ort.InferenceSession) -> None:
+    def __init__(self, session: ort.InferenceSession, sample_rate: int = 8000) -> None:
         self._session = session
+        self._window, self._context = _WINDOWS[sample_rate]
         self._pending = bytearray()
-        self._sr = np.array(_SAMPLE_RATE, dtype=np.int64)
-        self._input = np.zeros((1, _CONTEXT + _WINDOW), dtype=np.float32)
+        self._sr = np.array(sample_rate, dtype=np.int64)
+        self._input = np.zeros((1, self._context + self._window), dtype=np.float32)
         self._state: npt.NDArray[np.float32] = np.zeros((2, 1, 128), dtype=np.float32)
         self._windows_since_reset = 0
         self._low_windows = 0
@@ -83,15 +85,16 @@ class SileroVadStream:
     def process(self, pcm16: bytes) -> float | None:
         self._pending += pcm16
         probability: float | None = None
-        while len(self._pending) >= _WINDOW_BYTES:
+        size, context, window_bytes = self._window, self._context, self._window * 2
+        while len(self._pending) >= window_bytes:
             # A copy: a numpy view would pin the bytearray and forbid the `del` below.
-            window = np.frombuffer(bytes(self._pending[:_WINDOW_BYTES]), dtype="<i2")
-            # Slide the last 32 samples of the previous window in as this window's context.
-            self._input[0, :_CONTEXT] = self._input[0, _WINDOW:]
-            samples = self._input[0, _CONTEXT:]
+            window = np.frombuffer(bytes(self._pending[:window_bytes]), dtype="<i2")
+            # Slide the last samples of the previous window in as this window's context.
+            self._input[0, :context] = self._input[0, size:]
+            samples = self._input[0, context:]
             samples[:] = window * (1.0 / 32768.0)
-            del self._pending[:_WINDOW_BYTES]
-            if float(np.dot(samples, samples)) >= _SILENCE_MEAN_SQUARE * _WINDOW:
+            del self._pending[:window_bytes]
+            if float(np.dot(samples, samples)) >= _SILENCE_MEAN_SQUARE * size:
                 self._quiet_windows = 0
                 probability = self._run()
                 self._maybe_reset(probability)

@@ -1,4 +1,5 @@
-"""WebRTC's GMM VAD: the fallback when the Silero model cannot be used. Binary, 20 ms frames."""
+"""WebRTC's GMM VAD: the fallback when the Silero model cannot be used. Binary, 20 ms frames,
+at 8 or 16 kHz (the call's rate)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ from voice.errors import ConfigError
 
 __all__ = ["WebRtcVad", "WebRtcVadStream"]
 
-_SAMPLE_RATE = 8000
-_FRAME_BYTES = 320  # 20 ms of 8 kHz PCM16
+_RATES = (8000, 16000)
 
 
 class WebRtcVad:
@@ -23,23 +23,28 @@ class WebRtcVad:
             raise ConfigError(f"webrtc VAD aggressiveness must be 0–3, got {aggressiveness}")
         self.aggressiveness = aggressiveness
 
-    def stream(self) -> WebRtcVadStream:
-        return WebRtcVadStream(self.aggressiveness)
+    def stream(self, sample_rate: int = 8000) -> WebRtcVadStream:
+        if sample_rate not in _RATES:
+            raise ConfigError(f"webrtc VAD takes 8 or 16 kHz audio, not {sample_rate} Hz")
+        return WebRtcVadStream(self.aggressiveness, sample_rate)
 
 
 class WebRtcVadStream:
     """`VadStream`: 1.0 or 0.0 for the newest complete 20 ms frame."""
 
-    def __init__(self, aggressiveness: int) -> None:
+    def __init__(self, aggressiveness: int, sample_rate: int = 8000) -> None:
         # The C object keeps adaptive noise estimates, so each call gets its own.
         self._vad = webrtcvad.Vad(aggressiveness)
+        self._rate = sample_rate
+        self._frame_bytes = sample_rate // 50 * 2  # 20 ms of PCM16
         self._pending = bytearray()
 
     def process(self, pcm16: bytes) -> float | None:
         self._pending += pcm16
         result: float | None = None
-        while len(self._pending) >= _FRAME_BYTES:
-            frame = bytes(self._pending[:_FRAME_BYTES])
-            del self._pending[:_FRAME_BYTES]
-            result = 1.0 if self._vad.is_speech(frame, _SAMPLE_RATE) else 0.0
+        size = self._frame_bytes
+        while len(self._pending) >= size:
+            frame = bytes(self._pending[:size])
+            del self._pending[:size]
+            result = 1.0 if self._vad.is_speech(frame, self._rate) else 0.0
         return result

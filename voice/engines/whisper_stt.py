@@ -4,6 +4,9 @@ Whisper is not a streaming model: the call's VAD decides when the caller stopped
 hands the audio since the previous finalize to Whisper, and while the caller keeps talking an
 occasional interim pass over the pending audio gives barge-in logic words early. Inference runs in
 the shared executor; the event loop only buffers audio and measures its energy.
+
+Audio is in the call's format (`WhisperStt.for_format`): a browser call's 16 kHz PCM16 is what
+Whisper takes, used as is; a phone call's μ-law 8 kHz is decoded and resampled first.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +24,10 @@ import numpy.typing as npt
 import soxr
 from faster_whisper import WhisperModel
 
-from media.g711 import ulaw_to_float
+from media.audio_format import FRAME_SECONDS, AudioFormat
+from media.transport import TELEPHONE
 from voice.errors import ConfigError, ProviderError
-from voice.types import SAMPLE_RATE, Transcript
+from voice.types import Transcript
 
 __all__ = [
     "MAX_QUEUED_FINALS",
@@ -36,7 +40,7 @@ __all__ = [
 log = logging.getLogger("ava.whisper")
 
 _NAME = "faster-whisper"
-_FRAME = 160  # 20 ms at 8 kHz: the unit of the energy measurements
+_WHISPER_RATE = 16000
 _PAD_FRAMES = 10  # keep 200 ms around the voiced span: word edges are quieter than vowels
 # Finals waiting for Whisper, per call. Each takes ~0.3–1.5 s of CPU; four behind means the
 # caller's words would come back 2–6 s late, when the turn they belonged to has long timed out.
@@ -68,9 +72,10 @@ def is_hallucination(text: str, peak_dbfs: float, quiet_dbfs: float = -35.0) -> 
     return peak_dbfs < quiet_dbfs and " ".join(words) in _HALLUCINATIONS
 
 
-def _frame_dbfs(samples: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    n = samples.size // _FRAME
-    frames = samples[: n * _FRAME].astype(np.float64).reshape(n, _FRAME)
+def _frame_dbfs(samples: npt.NDArray[np.float32], frame: int = 160) -> npt.NDArray[np.float64]:
+    """Level of each whole `frame` of samples (20 ms: the unit of the energy measurements)."""
+    n = samples.size // frame
+    frames = samples[: n * frame].astype(np.float64).reshape(n, frame)
     levels: npt.NDArray[np.float64] = 10.0 * np.log10(np.mean(frames * frames, axis=1) + 1e-12)
     return levels
 
@@ -140,6 +145,12 @@ class WhisperStt:
     max_seconds: float
     queue_size: int
     name: str = _NAME
+    audio_format: AudioFormat = TELEPHONE
+
+    def for_format(self, audio_format: AudioFormat) -> WhisperStt:
+        return (
+            self if audio_format == self.audio_format else replace(self, audio_format=audio_format)
+        )
 
     async def connect(self) -> WhisperSttStream:
         return WhisperSttStream(self)
@@ -147,22 +158,27 @@ class WhisperStt:
 
 @dataclass(frozen=True, slots=True)
 class _Utterance:
-    ulaw: bytes
-    offset: int  # stream position (samples) of ulaw[0]
+    audio: bytes  # in the stream's format
+    offset: int  # stream position (bytes) of audio[0]
     segment: int
     reuse: asyncio.Task[Transcript | None] | None = None  # an interim that already covers it
 
 
 class WhisperSttStream:
-    """`SttStream`: buffers μ-law audio, transcribes it on finalize, emits interims meanwhile."""
+    """`SttStream`: buffers the call's audio, transcribes it on finalize, emits interims
+    meanwhile."""
 
     def __init__(self, stt: WhisperStt) -> None:
         self._stt = stt
         self._engine = stt.engine
-        self._pending = bytearray()  # μ-law since the last finalize
+        self._format = audio_format = stt.audio_format
+        self._frame = int(FRAME_SECONDS * audio_format.sample_rate)  # samples
+        self._pending = bytearray()  # audio since the last finalize
         self._pending_offset = 0
-        self._max_bytes = int(stt.max_seconds * SAMPLE_RATE)
-        self._interim_bytes = max(_FRAME, int(stt.interim_seconds * SAMPLE_RATE))
+        self._max_bytes = audio_format.bytes_for(stt.max_seconds)
+        self._interim_bytes = max(
+            audio_format.frame_bytes, audio_format.bytes_for(stt.interim_seconds)
+        )
         self._since_interim = 0
         self._voiced_since_interim = False
         self._segment = 0
@@ -185,10 +201,11 @@ class WhisperSttStream:
         self._pending += audio
         overflow = len(self._pending) - self._max_bytes
         if overflow > 0:
+            overflow += overflow % self._format.sample_width  # whole samples only
             del self._pending[:overflow]
             self._pending_offset += overflow
-            self.dropped_samples += overflow
-        levels = _frame_dbfs(ulaw_to_float(audio))
+            self.dropped_samples += overflow // self._format.sample_width
+        levels = _frame_dbfs(self._format.to_float(audio), self._frame)
         if levels.size and levels.max() > self._stt.energy_dbfs:
             self._voiced_since_interim = True
         self._since_interim += len(audio)
@@ -225,8 +242,8 @@ class WhisperSttStream:
         job, task = self._interim_job, self._interim
         if job is None or task is None or job.segment != self._segment:
             return None
-        tail = self._pending[len(job.ulaw) :]
-        levels = _frame_dbfs(ulaw_to_float(bytes(tail)))
+        tail = self._pending[len(job.audio) :]
+        levels = _frame_dbfs(self._format.to_float(bytes(tail)), self._frame)
         if levels.size and levels.max() > self._stt.energy_dbfs:
             return None
         return task
@@ -287,17 +304,23 @@ class WhisperSttStream:
         return result
 
     async def _transcribe(self, job: _Utterance, *, final: bool) -> Transcript:
-        samples = ulaw_to_float(job.ulaw)
-        levels = _frame_dbfs(samples)
+        audio_format, frame = self._format, self._frame
+        rate = audio_format.sample_rate
+        samples = audio_format.to_float(job.audio)
+        start = job.offset // audio_format.sample_width  # samples
+        levels = _frame_dbfs(samples, frame)
         voiced = np.flatnonzero(levels > self._stt.energy_dbfs)
         if voiced.size == 0:
-            at = (job.offset + len(job.ulaw)) / SAMPLE_RATE
+            at = (start + samples.size) / rate
             return Transcript("", is_final=final, speech_final=final, start=at, end=at)
-        first = max(0, int(voiced[0]) - _PAD_FRAMES) * _FRAME
-        last = min(len(job.ulaw), (int(voiced[-1]) + 1 + _PAD_FRAMES) * _FRAME)
-        # One-shot soxr HQ, not the streaming QQ resampler: QQ leaves 4–8 kHz images that cost
-        # Whisper accuracy (measured: "Paris" heard as "pairs" 31% vs 12% of Piper renditions).
-        audio = soxr.resample(samples[first:last], SAMPLE_RATE, 16000, quality="HQ")
+        first = max(0, int(voiced[0]) - _PAD_FRAMES) * frame
+        last = min(samples.size, (int(voiced[-1]) + 1 + _PAD_FRAMES) * frame)
+        audio = samples[first:last]
+        if rate != _WHISPER_RATE:
+            # One-shot soxr HQ, not the streaming QQ resampler: QQ leaves 4–8 kHz images that
+            # cost Whisper accuracy (measured: "Paris" heard as "pairs" 31% vs 12% of Piper
+            # renditions).
+            audio = soxr.resample(audio, rate, _WHISPER_RATE, quality="HQ")
         loop = asyncio.get_running_loop()
         text = await loop.run_in_executor(
             self._engine.executor, self._engine.transcribe, audio, self._stt.language
@@ -308,6 +331,6 @@ class WhisperSttStream:
             text,
             is_final=final,
             speech_final=final,
-            start=(job.offset + first) / SAMPLE_RATE,
-            end=(job.offset + last) / SAMPLE_RATE,
+            start=(start + first) / rate,
+            end=(start + last) / rate,
         )

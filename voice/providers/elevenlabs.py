@@ -15,7 +15,18 @@ context keeps flushing after it (the API's contract), exactly as pipecat ends a 
 consumer stops early (barge-in), a context not yet closed is closed then, and whatever audio still
 arrives for it is dropped by `contextId`.
 
-The output format is `ulaw_8000`, passed through untouched. One reader task owned by this object
+`synthesize_stream()` is one context per reply round, fed while the LLM writes (see
+`StreamPlan` for when it flushes):
+
+    {"text": " ", "context_id": c, "voice_settings": {…}, "generation_config": {…}}
+    {"text": "Sure, ", "context_id": c}  …  {"text": "help ", "context_id": c, "flush": true}
+    {"text": "you ", "context_id": c}  …   the service generates by its chunk schedule
+    {"context_id": c, "flush": true}                             the rest, once the LLM is done
+    {"context_id": c, "close_context": true}
+
+The output format is the call's, passed through untouched: `ulaw_8000` for a phone call,
+`pcm_16000` for a browser call (`for_format`; a PCM chunk cut mid-sample has its odd byte carried
+to the next). One reader task owned by this object
 demultiplexes by `contextId` into bounded per-context queues; `aclose()` cancels it.
 """
 
@@ -28,7 +39,7 @@ import contextlib
 import itertools
 import json
 import uuid
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -37,12 +48,62 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from voice.errors import ProviderError, ProviderProtocolError, ProviderTimeout
+from media.audio_format import AudioFormat
+from media.transport import TELEPHONE
+from voice.errors import ConfigError, ProviderError, ProviderProtocolError, ProviderTimeout
 from voice.providers._ws import describe_close, map_websocket_errors
 from voice.providers.options import ElevenLabsVoiceSettings
-from voice.types import SAMPLE_RATE, TtsChunk, WordTiming
+from voice.text_feed import TextFeed
+from voice.types import TtsChunk, WordTiming
 
-__all__ = ["ElevenLabsTts", "words_from_alignment"]
+__all__ = ["STREAM_CHUNK_SCHEDULE", "ElevenLabsTts", "StreamPlan", "words_from_alignment"]
+
+# ElevenLabs buffers streamed text and generates only when the buffer reaches the next length of
+# `chunk_length_schedule` (default [120, 160, 250, 290] characters, each 50–500), on `flush`, or
+# at once for every message with `auto_mode` (meant for whole sentences: word by word it would
+# speak each word alone). The default's 120 characters is two sentences of an ordinary reply
+# (~600 ms of tokens at 50 tokens/s), so the first words are flushed by `StreamPlan` instead;
+# after them the service's schedule takes over, with lengths small enough that the next
+# generation (≤ 80 characters ≈ 400 ms of tokens + first byte) is ready before the first words
+# (~1 s of speech) have been said, and larger later ones for prosody once audio is well ahead.
+STREAM_CHUNK_SCHEDULE = (50, 80, 160, 250)
+_CLAUSE_END = ".!?,;:—–…"
+_CLOSERS = "\"')]”’*_`"
+
+
+class StreamPlan:
+    """Where one streamed context flushes (sans-I/O). The first generation is what the caller
+    waits for: flush at the first clause worth saying alone ("Sure, I can help," but not a
+    lone "Sure,") or after `first_words` words, whichever comes first — a clause keeps its
+    prosody whole, and four words (~1 s of speech) cover the next generation's latency. Later
+    text is left to the service's chunk schedule, and the rest is flushed at the end."""
+
+    def __init__(self, first_words: int = 4, first_min_chars: int = 8) -> None:
+        self.first_words = first_words
+        self.first_min_chars = first_min_chars
+        self._words = 0
+        self._chars = 0
+        self.flushed = False  # the first flush was sent
+        self.pending = False  # text sent since the last flush
+
+    def add(self, piece: str) -> bool:
+        """`piece` is being sent; True: flush with it."""
+        self.pending = True
+        if self.flushed:
+            return False
+        self._words += len(piece.split())
+        self._chars += len(piece)
+        clause = piece.rstrip().rstrip(_CLOSERS)[-1:] in tuple(_CLAUSE_END)
+        if self._words >= self.first_words or (clause and self._chars >= self.first_min_chars):
+            self.flushed, self.pending = True, False
+            return True
+        return False
+
+    def finish(self) -> bool:
+        """The text has ended; True: a last flush is needed for what the schedule left."""
+        pending, self.pending = self.pending, False
+        return pending
+
 
 _FINAL = object()  # queue item: isFinal for this context
 _Item = tuple[bytes, tuple[WordTiming, ...]] | ProviderError | object
@@ -90,6 +151,10 @@ class _Context:
     released: bool = False
     done: bool = False
     ws: ClientConnection | None = field(default=None, repr=False)
+    # streamed contexts: when audio is due by (a flush sent and no audio since, or the text
+    # ended), None while the LLM is still writing and the service may be waiting for more
+    due: float | None = None
+    text_done: bool = True
 
 
 class ElevenLabsTts:
@@ -109,11 +174,35 @@ class ElevenLabsTts:
         max_contexts: int = 5,
         queue_chunks: int = 256,
         on_reconnect: Callable[[ProviderError], None] | None = None,
+        chunk_schedule: tuple[int, ...] = STREAM_CHUNK_SCHEDULE,
+        stream_plan: Callable[[], StreamPlan] = StreamPlan,
+        audio_format: AudioFormat = TELEPHONE,
     ) -> None:
         if min(first_byte_timeout, connect_timeout, stall_timeout) <= 0:
             raise ValueError("timeouts must be positive")
         if max_contexts < 1 or queue_chunks < 1:
             raise ValueError("max_contexts and queue_chunks must be at least 1")
+        if not chunk_schedule or not all(50 <= n <= 500 for n in chunk_schedule):
+            raise ValueError("chunk_schedule lengths must be 50–500 characters (ElevenLabs)")
+        output_format = _output_format(audio_format)
+        # What `for_format` builds its sibling from (same voice, its own socket).
+        self._options: dict[str, Any] = {
+            "base_url": base_url,
+            "model_id": model_id,
+            "voice_settings": voice_settings,
+            "first_byte_timeout": first_byte_timeout,
+            "connect_timeout": connect_timeout,
+            "stall_timeout": stall_timeout,
+            "max_contexts": max_contexts,
+            "queue_chunks": queue_chunks,
+            "chunk_schedule": chunk_schedule,
+            "stream_plan": stream_plan,
+        }
+        self._voice_id = voice_id
+        self._siblings: list[ElevenLabsTts] = []
+        self.audio_format = audio_format
+        self.chunk_schedule = chunk_schedule
+        self._stream_plan = stream_plan
         self._api_key = api_key
         self.voice_settings = voice_settings or ElevenLabsVoiceSettings()
         self.first_byte_timeout = first_byte_timeout
@@ -126,7 +215,7 @@ class ElevenLabsTts:
             f"{settings.similarity_boost:g}/{settings.style:g}/{settings.speed:g}"
         )
         query = urlencode(
-            {"model_id": model_id, "output_format": "ulaw_8000", "sync_alignment": "true"}
+            {"model_id": model_id, "output_format": output_format, "sync_alignment": "true"}
         )
         self.url = (
             f"{base_url.rstrip('/')}/v1/text-to-speech/{quote(voice_id, safe='')}"
@@ -147,19 +236,73 @@ class ElevenLabsTts:
         self.connections = 0  # sockets opened over this object's life
         self.dropped_chunks = 0  # late audio of abandoned contexts
 
+    streams_text = True
+
+    def for_format(self, audio_format: AudioFormat) -> ElevenLabsTts:
+        """This voice in `audio_format`: a sibling with its own socket (the output format is
+        fixed per socket), closed with this one by `aclose`."""
+        if audio_format == self.audio_format:
+            return self
+        for sibling in self._siblings:
+            if sibling.audio_format == audio_format:
+                return sibling
+        sibling = ElevenLabsTts(
+            self._api_key,
+            self._voice_id,
+            **self._options,
+            on_reconnect=self.on_reconnect,
+            audio_format=audio_format,
+        )
+        self._siblings.append(sibling)
+        return sibling
+
     # --- the port ------------------------------------------------------------------------------
 
     async def synthesize(self, text: str) -> AsyncGenerator[TtsChunk, None]:
         text = text.strip()
         if not text:
             return
+        context = await self._new_context()
+        try:
+            await self._start(context, text)
+            async for chunk in self._audio(context):
+                yield chunk
+        finally:
+            if not context.done:
+                await self._abandon(context)
+
+    async def synthesize_stream(self, text: TextFeed) -> AsyncGenerator[TtsChunk, None]:
+        async with contextlib.aclosing(aiter(text)) as pieces:
+            # The context opens with the first words: a round that says nothing (tool calls
+            # only) costs no context, and the LLM's first-token wait is not first-byte time.
+            first = await anext(pieces, None)
+            if first is None:
+                return
+            context = await self._new_context()
+            context.text_done = False
+            context.due = None  # nothing is generated before the first flush
+            sender: asyncio.Task[None] | None = None
+            try:
+                ws = await self._open(context, generation=True)
+                sender = asyncio.create_task(
+                    self._feed(context, ws, first, pieces, text), name="elevenlabs-feed"
+                )
+                async for chunk in self._audio(context):
+                    yield chunk
+            finally:
+                if sender is not None and not sender.done():
+                    sender.cancel()
+                    await asyncio.gather(sender, return_exceptions=True)
+                if not context.done:
+                    await self._abandon(context)
+
+    async def _new_context(self) -> _Context:
         if self._closed:
             raise ProviderError(self.name, "synthesize() after aclose()", retryable=False)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.first_byte_timeout
         context = _Context(f"{self._prefix}-{next(self._ids)}", asyncio.Queue(self.queue_chunks))
+        context.due = asyncio.get_running_loop().time() + self.first_byte_timeout
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(context.due):
                 await self._slots.acquire()
         except TimeoutError as exc:
             # Every slot is held, most likely by barged-in contexts whose isFinal never came:
@@ -167,31 +310,45 @@ class ElevenLabsTts:
             if self._ws is not None:
                 await self._ws.close()
             raise ProviderTimeout(self.name, "first_byte", self.first_byte_timeout) from exc
+        return context
+
+    async def _audio(self, context: _Context) -> AsyncGenerator[TtsChunk, None]:
+        """The context's audio until isFinal, word times relative to its first byte."""
+        loop = asyncio.get_running_loop()
+        offset = 0
+        width = self.audio_format.sample_width
+        carry = b""  # half a PCM16 sample, completed by the next chunk
         try:
-            await self._start(context, text)
-            offset = 0
-            first = True
             while True:
                 # Never yield inside a deadline block: the timeout would cancel the consumer.
-                if first:
-                    stage, seconds = "first_byte", self.first_byte_timeout
-                    with map_websocket_errors(self.name, stage=stage, timeout=seconds):
-                        async with asyncio.timeout_at(deadline):
-                            item = await context.queue.get()
-                else:
-                    stage, seconds = "audio", self.stall_timeout
-                    with map_websocket_errors(self.name, stage=stage, timeout=seconds):
-                        async with asyncio.timeout(seconds):
-                            item = await context.queue.get()
+                stage = "first_byte" if offset == 0 else "audio"
+                seconds = self.first_byte_timeout if offset == 0 else self.stall_timeout
+                due = context.due
+                # No deadline while the LLM is still writing unflushed text; look again after
+                # `first_byte_timeout` in case a flush has set one meanwhile.
+                wait = self.first_byte_timeout if due is None else max(0.0, due - loop.time())
+                try:
+                    async with asyncio.timeout(wait):
+                        item = await context.queue.get()
+                except TimeoutError as exc:
+                    if context.due is not None and loop.time() >= context.due:
+                        raise ProviderTimeout(self.name, stage, seconds) from exc
+                    continue
                 if item is _FINAL:
                     context.done = True
                     return
                 if isinstance(item, ProviderError):
                     raise item
                 audio, words = _as_audio(item)
-                shift = offset / SAMPLE_RATE
+                audio = carry + audio
+                cut = len(audio) - len(audio) % width
+                audio, carry = audio[:cut], audio[cut:]
+                shift = self.audio_format.seconds(offset)
                 offset += len(audio)
-                first = False
+                if context.text_done:
+                    context.due = loop.time() + self.stall_timeout
+                else:
+                    context.due = None  # more comes when the service has enough text
                 yield TtsChunk(audio, tuple(_shifted(w, shift) for w in words))
         except ProviderTimeout:
             # A server that stopped answering one context is not trusted with the next: drop the
@@ -199,13 +356,12 @@ class ElevenLabsTts:
             if context.ws is not None:
                 await context.ws.close()
             raise
-        finally:
-            if not context.done:
-                await self._abandon(context)
 
     async def aclose(self) -> None:
         """Close the socket and stop the reader; pending `synthesize()` calls fail."""
         self._closed = True
+        for sibling in self._siblings:
+            await sibling.aclose()
         ws = self._ws
         self._ws = None
         if ws is not None:
@@ -219,12 +375,22 @@ class ElevenLabsTts:
     # --- contexts ------------------------------------------------------------------------------
 
     async def _start(self, context: _Context, text: str) -> None:
-        init = {
+        ws = await self._open(context, generation=False)
+        body = {"text": f"{text} ", "context_id": context.id, "flush": True}
+        with map_websocket_errors(self.name, stage="send"):
+            await ws.send(json.dumps(body))
+            await ws.send(json.dumps({"context_id": context.id, "close_context": True}))
+            context.close_sent = True
+
+    async def _open(self, context: _Context, *, generation: bool) -> ClientConnection:
+        """Initialise the context on the warm socket (a fresh one if it died while idle)."""
+        init: dict[str, Any] = {
             "text": " ",
             "context_id": context.id,
             "voice_settings": self.voice_settings.to_json(),
         }
-        body = {"text": f"{text} ", "context_id": context.id, "flush": True}
+        if generation:
+            init["generation_config"] = {"chunk_length_schedule": list(self.chunk_schedule)}
         for attempt in range(2):
             ws = await self._socket()
             try:
@@ -236,11 +402,53 @@ class ElevenLabsTts:
             # Registered with no await since the send, so the reader cannot have missed audio.
             context.ws = ws
             self._contexts[context.id] = context
-            break
-        with map_websocket_errors(self.name, stage="send"):
-            await ws.send(json.dumps(body))
-            await ws.send(json.dumps({"context_id": context.id, "close_context": True}))
-            context.close_sent = True
+            return ws
+        raise AssertionError("unreachable")
+
+    async def _feed(
+        self,
+        context: _Context,
+        ws: ClientConnection,
+        first: str,
+        pieces: AsyncIterator[str],
+        text: TextFeed,
+    ) -> None:
+        """Send the round's words as they come; flush by `StreamPlan`, then close the context.
+        A failure goes to the consumer through the context's queue."""
+        loop = asyncio.get_running_loop()
+        plan = self._stream_plan()
+        sent = 0
+        schedule_due = self.chunk_schedule[0]
+
+        def due() -> None:
+            if context.due is None:
+                context.due = loop.time() + self.first_byte_timeout
+
+        try:
+            piece: str | None = first
+            with map_websocket_errors(self.name, stage="send"):
+                while piece is not None:
+                    message: dict[str, Any] = {"text": piece, "context_id": context.id}
+                    flush = plan.add(piece)
+                    if flush:
+                        message["flush"] = True
+                    await ws.send(json.dumps(message))
+                    sent += len(piece)
+                    if flush or sent >= schedule_due:
+                        text.requested()  # the service generates now
+                        schedule_due = 1 << 30
+                    if flush:
+                        due()
+                    piece = await anext(pieces, None)
+                if plan.finish():
+                    await ws.send(json.dumps({"context_id": context.id, "flush": True}))
+                    text.requested()
+                context.text_done = True
+                due()
+                await ws.send(json.dumps({"context_id": context.id, "close_context": True}))
+                context.close_sent = True
+        except ProviderError as error:
+            _put_error(context, error)
 
     async def _abandon(self, context: _Context) -> None:
         context.abandoned = True
@@ -282,7 +490,7 @@ class ElevenLabsTts:
                         additional_headers={"xi-api-key": self._api_key},
                         open_timeout=None,  # the asyncio deadline above owns the budget
                         close_timeout=1.0,
-                        compression=None,  # μ-law and base64 JSON: deflate only costs CPU
+                        compression=None,  # audio in base64 JSON: deflate only costs CPU
                         proxy=None,  # no ambient proxy configuration from the environment
                     )
             if self._closed:
@@ -380,6 +588,16 @@ def _put_error(context: _Context, error: ProviderError) -> None:
     if context.queue.full():
         context.queue.get_nowait()
     context.queue.put_nowait(error)
+
+
+def _output_format(audio_format: AudioFormat) -> str:
+    """ElevenLabs' `output_format` for our format (raises ConfigError when it has none)."""
+    rate = audio_format.sample_rate
+    if audio_format.encoding == "mulaw" and rate == 8000:
+        return "ulaw_8000"
+    if audio_format.encoding == "pcm16" and rate in (8000, 16000, 22050, 24000, 44100):
+        return f"pcm_{rate}"
+    raise ConfigError(f"ElevenLabs has no output format for {audio_format.name} audio")
 
 
 def _shifted(word: WordTiming, seconds: float) -> WordTiming:

@@ -1,9 +1,10 @@
 """OpenAI text-to-speech (`POST /v1/audio/speech`, protocols.md §4.3), streamed.
 
 We ask for `pcm` (raw 24 kHz s16le mono) rather than a compressed format so every network chunk
-can be played at once: it is resampled to 8 kHz by one `StreamingResampler` per `synthesize()`
-(which emits audio for every chunk, so nothing is held back) and μ-law encoded. A network read
-can end in the middle of a sample; the odd byte waits for the next read.
+can be played at once: it is resampled to the call's rate (8 kHz on the phone, 16 kHz in a
+browser; `for_format`) by one `StreamingResampler` per `synthesize()` (which emits audio for every
+chunk, so nothing is held back) and encoded in the call's format (μ-law on the phone). A network
+read can end in the middle of a sample; the odd byte waits for the next read.
 
 httpx directly rather than the SDK: the SDK's streaming response hides when the first byte
 arrived, and that is the deadline this stage is measured by. With `http_client` (one pool shared
@@ -14,17 +15,19 @@ open for its owner to close.
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 from collections.abc import AsyncGenerator
 from typing import Any, cast
 
 import httpx
 
-from media.g711 import pcm16_to_ulaw
+from media.audio_format import AudioFormat
 from media.resample import StreamingResampler
+from media.transport import TELEPHONE
 from voice.errors import ProviderError
 from voice.providers._http import map_httpx_errors, status_error
-from voice.types import SAMPLE_RATE, TtsChunk
+from voice.types import TtsChunk
 
 __all__ = ["OPENAI_PCM_RATE", "OpenAiTts"]
 
@@ -47,6 +50,7 @@ class OpenAiTts:
         first_byte_timeout: float = 3.0,
         stall_timeout: float = 10.0,
         http_client: httpx.AsyncClient | None = None,
+        audio_format: AudioFormat = TELEPHONE,
     ) -> None:
         if not 0.25 <= speed <= 4.0:
             raise ValueError(f"speed must be in [0.25, 4.0], got {speed}")
@@ -58,6 +62,7 @@ class OpenAiTts:
         self.instructions = instructions
         self.first_byte_timeout = first_byte_timeout
         self.stall_timeout = stall_timeout
+        self.audio_format = audio_format
         self.voice_key = f"openai-tts/{model}/{voice}/{speed:g}" + (
             f"/{hashlib.sha256(instructions.encode()).hexdigest()[:12]}" if instructions else ""
         )
@@ -68,6 +73,16 @@ class OpenAiTts:
         # A client holds only a connection pool (nothing runs until a request); `trust_env`
         # off so no proxy or certificate settings come from the environment.
         self._client = http_client or httpx.AsyncClient(trust_env=False)
+
+    def for_format(self, audio_format: AudioFormat) -> OpenAiTts:
+        """This voice producing `audio_format` (any rate: the 24 kHz PCM is resampled). The
+        copy shares this one's HTTP client, which stays this one's to close."""
+        if audio_format == self.audio_format:
+            return self
+        other = copy.copy(self)
+        other.audio_format = audio_format
+        other._owns_http = False
+        return other
 
     async def aclose(self) -> None:
         if self._owns_http:
@@ -103,7 +118,8 @@ class OpenAiTts:
                 await response.aclose()
         chunks = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
         try:
-            resampler = StreamingResampler(OPENAI_PCM_RATE, SAMPLE_RATE)
+            audio_format = self.audio_format
+            resampler = StreamingResampler(OPENAI_PCM_RATE, audio_format.sample_rate)
             carry = b""
             first = True
             while True:
@@ -127,11 +143,11 @@ class OpenAiTts:
                 pcm, carry = pcm[:cut], pcm[cut:]
                 out = resampler.process(pcm)
                 if out:
-                    yield TtsChunk(pcm16_to_ulaw(out))
+                    yield TtsChunk(audio_format.from_pcm16(out))
             # An odd trailing byte is half a sample: dropped.
             tail = resampler.process(b"", last=True)
             if tail:
-                yield TtsChunk(pcm16_to_ulaw(tail))
+                yield TtsChunk(audio_format.from_pcm16(tail))
         finally:
             await chunks.aclose()
             await response.aclose()
