@@ -39,7 +39,12 @@ AUTH_TOKEN = "nodes-auth-token"
 # Generous for a loaded CI machine (4 test workers and mypy on 2 cores): a missed beat of a
 # live node must not pass for its death.
 HEARTBEAT, TTL = 1.0, 5.0
-SAMPLE: dict[str, Any] = json.loads(Path("control/data/sample-assistant.json").read_text())
+# The caller stays silent while nodes start and stop around its call (a minute or more on a
+# loaded machine): the assistant must not end it for silence first.
+SAMPLE: dict[str, Any] = {
+    **json.loads(Path("control/data/sample-assistant.json").read_text()),
+    "silenceTimeoutSeconds": 600,
+}
 
 
 async def _seed(database: str) -> str:

@@ -295,10 +295,11 @@ async def test_barge_in_silences_the_assistant_at_once(
         spoke = time.monotonic()
         barge = await peer.wait_type("barge-in")
         cut = time.monotonic()
-        # Output paused at the onset (audio stops once the ≤ 0.2 s queued has played); the
+        # Output paused at the onset (audio stops once the ≤ 0.2 s queued has played, plus
+        # what a loaded machine's outbound track fell behind: up to ~0.4 s seen in CI); the
         # clear waits for words, and this scripted STT has none: the 0.7 s no-words deadline.
         assert 600 < barge["reactionMs"] < 900
-        assert peer.loud_seconds(after=spoke + 0.45, before=cut) == 0.0
+        assert peer.loud_seconds(after=spoke + 0.6, before=cut) == 0.0
         interrupted = await peer.wait_type("message", role="bot", interrupted=True)
         assert LONG_REPLY.startswith(interrupted["text"]) and interrupted["text"] != LONG_REPLY
         # What reaches the browser after the clear is only what was in flight (the receiver's
