@@ -12,6 +12,7 @@ progress display.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import resource
 import sys
@@ -31,6 +32,7 @@ __all__ = [
     "CallerJob",
     "CallerRun",
     "caller_main",
+    "misheard_turns",
     "run_caller_process",
     "run_callers",
     "run_job",
@@ -48,6 +50,9 @@ class CallerJob:
     fetch_record: bool = True  # AVA's /dev/calls record (the server's own breakdown)
     max_seconds: float = 60.0
     repeat: int = 1  # say the utterances this many times over (longer calls; barge-in once)
+    # What each utterance says (the STT fake's script): each call's transcript is checked
+    # against it, so a run whose STT fake drifted from the audio says so (None: not checked).
+    texts: list[str] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CallerJob:
@@ -66,6 +71,23 @@ class CallResult:
     gaps: list[float]
     unanswered_turns: int
     server: dict[str, list[float]] = field(default_factory=dict)  # stage → seconds per turn
+    # Caller turns in the server's transcript that are not what was said (`CallerJob.texts`),
+    # with up to `_MISHEARD_KEPT` of them as [said, transcribed] for the report.
+    misheard_turns: int = 0
+    misheard: list[list[str]] = field(default_factory=list)
+
+
+_MISHEARD_KEPT = 3
+
+
+def misheard_turns(said: list[str], transcribed: list[str]) -> list[list[str]]:
+    """[said, transcribed] for each caller turn that differs, in order; a missing or extra
+    turn (two utterances merged into one, or one split in two) is "" on its other side."""
+    return [
+        [want, got]
+        for want, got in itertools.zip_longest(said, transcribed, fillvalue="")
+        if " ".join(want.split()) != " ".join(got.split())
+    ]
 
 
 async def _one_call(job: CallerJob, utterances: list[bytes], http: httpx.AsyncClient) -> CallResult:
@@ -78,12 +100,23 @@ async def _one_call(job: CallerJob, utterances: list[bytes], http: httpx.AsyncCl
     )
     report = await place_call(job.base_url, script, fetch_record=job.fetch_record, http=http)
     measures = measure_call(report.trace)
+    error = report.error
+    if error is None and len(report.turns) < len(script.utterances):
+        # The server ended the stream early (e.g. closed it as malformed): the call failed,
+        # although the caller saw nothing but a closed socket.
+        error = f"call ended after {len(report.turns)} of {len(script.utterances)} utterances"
+    misheard: list[list[str]] = []
+    if job.texts is not None and report.record and error is None:  # a failed call says so
+        said = [m.get("message", "") for m in report.record.get("messages", [])]
+        roles = [m.get("role") for m in report.record.get("messages", [])]
+        transcribed = [text for text, role in zip(said, roles, strict=True) if role == "user"]
+        misheard = misheard_turns(list(job.texts) * job.repeat, transcribed)
     server: dict[str, list[float]] = {}
     for turn in (report.record or {}).get("turns", []):
         for stage, value in (turn.get("latency") or {}).items():
             server.setdefault(stage, []).append(float(value))
     return CallResult(
-        error=report.error,
+        error=error,
         seconds=time.monotonic() - started,
         greeting=measures.greeting,
         voice_to_voice=measures.voice_to_voice,
@@ -93,6 +126,8 @@ async def _one_call(job: CallerJob, utterances: list[bytes], http: httpx.AsyncCl
         gaps=measures.gaps,
         unanswered_turns=measures.unanswered_turns,
         server=server,
+        misheard_turns=len(misheard),
+        misheard=misheard[:_MISHEARD_KEPT],
     )
 
 
@@ -110,7 +145,7 @@ async def run_job(job: CallerJob, on_done: Callable[[int], None] | None = None) 
         async with limit:
             try:
                 result = await _one_call(job, utterances, http)
-            except (OSError, ValueError, TimeoutError) as exc:  # webhook refused, bad TwiML…
+            except (OSError, ValueError, TimeoutError, httpx.HTTPError) as exc:  # bad TwiML…
                 result = CallResult(f"call failed: {exc!r}", 0.0, None, [], [], [], 0, [], 0)
         results.append(result)
         if on_done is not None:

@@ -36,7 +36,7 @@ from benchmarks.balancer import cluster_env, run_nodes
 from benchmarks.callers import CallerJob, run_callers
 from benchmarks.latency import Aggregate, load_conditions
 from benchmarks.server import ProcessUsage, ServerProcess
-from benchmarks.stack import run_stack
+from benchmarks.stack import DEFAULT_SCRIPT, run_stack
 
 __all__ = [
     "BUDGETS",
@@ -199,6 +199,7 @@ async def _step(
     provider_pid: int | None,
     barge_in_after: float | None,
     on_done: Callable[[int], None] | None,
+    texts: list[str] | None = None,
 ) -> dict[str, Any]:
     job = CallerJob(
         base_url,
@@ -209,6 +210,7 @@ async def _step(
         stagger_seconds=stagger_for(calls),
         repeat=REPEAT,
         max_seconds=120.0,
+        texts=texts,
     )
     aggregate = Aggregate()
     watch = _RssWatch(servers)
@@ -234,6 +236,10 @@ async def _step(
     for result in run.results:
         aggregate.add(result)
     step = {"n": calls, "wallSeconds": round(wall, 1), **aggregate.to_json()}
+    # Turns the STT fake gave other words than the caller said: its script drifted from the
+    # audio, and those turns' timings measure the wrong conversation.
+    step["misheardTurns"] = sum(r.misheard_turns for r in run.results)
+    step["misheardExamples"] = [m for r in run.results for m in r.misheard][:5]
     # The callers and fakes share one core: near 1.0 the load generator, not the server, may be
     # what delays frames, and the step's gaps and latencies say more about it than about AVA.
     helpers = aggregate.caller_cpu_seconds + aggregate.provider_cpu_seconds
@@ -307,6 +313,8 @@ async def run_capacity(
                 provider_pid=providers.pid if providers is not None else None,
                 barge_in_after=barge_in_after,
                 on_done=on_step(n) if on_step else None,
+                # the fakes' STT script is the caller's: their transcripts must match it
+                texts=list(DEFAULT_SCRIPT) if profile == "fakes" else None,
             )
             results.append(step)
             if sweep_ends(
@@ -359,9 +367,10 @@ def render_capacity(data: dict[str, Any]) -> str:
         f"**{data['largestNWithinServiceBudgets']}**",
         "",
         "| N | mean calls up | failed | gaps>60ms | v2v p50 / p95 (ms) | server-added p99 (ms) "
+        "| held back (backoff) max (ms) | misheard turns "
         "| server tree CPU s per call-min | server cores | RSS MB per call "
         "| callers + fakes (cores) | budgets broken |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     if data.get("nodes", 1) > 1:
         broke = data.get("firstBreak")
@@ -376,13 +385,23 @@ def render_capacity(data: dict[str, Any]) -> str:
     for s in data["steps"]:
         v2v = s["voiceToVoiceMs"] or {}
         server = (s["serverBreakdownMs"] or {}).get("server") or {}
+        held = (s["serverBreakdownMs"] or {}).get("held") or {}
         lines.append(
             f"| {s['n']} | {s['meanConcurrentCalls']} | {s['failedCalls']} "
             f"| {s['outboundGapsOver60ms']} "
             f"| {v2v.get('p50', '-')} / {v2v.get('p95', '-')} | {server.get('p99', '-')} "
+            f"| {held.get('max', '-')} | {s.get('misheardTurns', '-')} "
             f"| {s['serverCpuSecondsPerCallMinute']} | {s.get('serverCores', '-')} "
             f"| {s['serverRssPerCallMB']} "
             f"| {s['loadGeneratorCores']} "
             f"| {'; '.join(s['budgetBreaks']) or 'none'} |"
         )
+    for s in data["steps"]:
+        if s.get("misheardTurns"):
+            said, heard = s["misheardExamples"][0]
+            lines.append(
+                f"\nN={s['n']}: the STT fake gave {s['misheardTurns']} caller turns other words "
+                f"than were said (e.g. {said!r} heard as {heard!r}): those turns' timings are "
+                "of another conversation."
+            )
     return "\n".join(lines)

@@ -73,7 +73,8 @@ async def run_server(
     port = free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="ava-bench-"))
     database = f"sqlite+aiosqlite:///{data_dir}/ava.db"
-    await upgrade(database)  # a throwaway database, so runs never share state
+    if "AVA_DATABASE_URL" not in (env or {}):
+        await upgrade(database)  # a throwaway database, so runs never share state
     environment = {
         **os.environ,
         "AVA_DATA_DIR": str(data_dir),

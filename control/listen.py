@@ -197,6 +197,7 @@ class ListenHub:
         tap = ListenTap(call_id, tenant_id, sample_rate, max_seconds=self.buffer_seconds)
         if self.shared:
             tap.relay = self._relay(call_id, sample_rate)
+            tap.remote = lambda: call_id in self._wanted
         return tap
 
     @contextmanager

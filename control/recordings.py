@@ -297,7 +297,10 @@ class ListenOnly(CallRecording):
         self.listen = listen
         tap = listen.tap(call_id, tenant_id, transport.audio_format.sample_rate)
         self.tap = tap
-        self.transport = RecordingTransport(transport, clock, tap, on_close=self._close)
+        # Stereo audio is made only while someone listens (`ListenTap.wanted`).
+        self.transport = RecordingTransport(
+            transport, clock, tap, on_close=self._close, wanted=tap.wanted
+        )
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

@@ -81,7 +81,9 @@ class TurnLatency:
     voice_to_voice = end of caller speech → first assistant audio sent to the caller.
     endpointing = end of speech → turn confirmed; stt = end of speech → final transcript;
     llm_ttft = LLM request → first token; tts_ttfb = first phrase to TTS → first audio byte;
-    server = voice_to_voice − endpointing − llm_ttft − tts_ttfb (what our own code added).
+    held = audio ready but deliberately not played yet (stopSpeakingPlan.backoffSeconds after a
+    barge-in); server = voice_to_voice − endpointing − the provider waits − held (what our own
+    code added).
     """
 
     voice_to_voice: float
@@ -90,6 +92,7 @@ class TurnLatency:
     llm_ttft: float
     tts_ttfb: float
     server: float
+    held: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

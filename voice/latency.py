@@ -19,6 +19,11 @@ def turn_latency(
     The LLM's share runs until the TTS was first asked to generate (`tts_first_request`): a
     clause of tokens for request-based TTS, the first words for streaming-input TTS — not just
     the first token, because speech cannot start on less.
+
+    A reply held back on purpose (`timings.held_until`: stopSpeakingPlan.backoffSeconds after a
+    barge-in, so the caller may go on) waits with its audio ready; that wait is `held`, not
+    ours: only the part after the audio was ready (and the turn confirmed) and before it was
+    sent counts, since a hold that ends before the first audio arrives delays nothing.
     """
     speech_end = commit.speech_end
     confirmed = committed_at if committed_at is not None else speech_end
@@ -33,11 +38,15 @@ def turn_latency(
     first_audio = timings.tts_first_audio if timings.tts_first_audio is not None else phrase_ready
     llm_wait = max(0.0, phrase_ready - max(confirmed, llm_start))
     tts_wait = max(0.0, first_audio - max(confirmed, phrase_ready))
+    held = 0.0
+    if timings.held_until is not None:
+        held = max(0.0, min(timings.held_until, first_sent) - max(confirmed, first_audio))
     return TurnLatency(
         voice_to_voice=voice_to_voice,
         endpointing=endpointing,
         stt=max(0.0, stt),
         llm_ttft=first_token - llm_start,
         tts_ttfb=first_audio - phrase_ready,
-        server=voice_to_voice - endpointing - llm_wait - tts_wait,
+        server=voice_to_voice - endpointing - llm_wait - tts_wait - held,
+        held=held,
     )

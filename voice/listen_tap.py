@@ -104,8 +104,16 @@ class ListenTap:
         self.max_bytes = max(_STEREO_FRAME, round(max_seconds * sample_rate) * _STEREO_FRAME)
         self.listeners: set[Listener] = set()
         self.relay: Callable[[bytes], None] | None = None
+        # Whether listeners on other nodes want this call (the hub's relay knows).
+        self.remote: Callable[[], bool] | None = None
         self.dropped = 0  # listeners dropped for falling behind
         self.closed = False
+
+    def wanted(self) -> bool:
+        """Anyone listening, here or on another node (else the call need not make audio)."""
+        if self.closed:
+            return False
+        return bool(self.listeners) or (self.remote is not None and self.remote())
 
     def listen(self, *, mono: bool = False) -> Listener:
         bound = self.max_bytes // 2 if mono else self.max_bytes

@@ -158,7 +158,11 @@ class RecordingTransport:
     """A `CallTransport` that records what it carries into `sink` (see the module docstring).
     Closing it cuts the recording at that moment and awaits `on_close` (the sink's own close:
     before the session reports the call ended, so the file is complete when the report names
-    it); `finish()` cuts it if the session never closed it."""
+    it); `finish()` cuts it if the session never closed it.
+
+    With `wanted` (a call that is only listened to, not recorded), the timeline runs only while
+    `wanted()` is true: it starts at the moment a first listener appears and is dropped when the
+    last one goes, so an unheard call spends nothing on stereo audio."""
 
     def __init__(
         self,
@@ -168,37 +172,57 @@ class RecordingTransport:
         *,
         start: float | None = None,
         on_close: Callable[[], Awaitable[None]] | None = None,
+        wanted: Callable[[], bool] | None = None,
     ) -> None:
         self.inner = inner
         self._on_close = on_close
+        self._wanted = wanted
+        self._finished = False
         self.kind = inner.kind
         self.audio_format = inner.audio_format
         self.clock = clock
         self.sink = sink
-        self.timeline = StereoTimeline(
-            inner.audio_format.sample_rate, start=clock.now() if start is None else start
-        )
+        self.timeline: StereoTimeline | None = None
+        if wanted is None:
+            self.timeline = StereoTimeline(
+                inner.audio_format.sample_rate, start=clock.now() if start is None else start
+            )
+
+    def _live(self, now: float) -> StereoTimeline | None:
+        """The timeline, if anyone wants the audio now (started or dropped as that changes)."""
+        if self._wanted is None or self._finished:
+            return self.timeline
+        if not self._wanted():
+            self.timeline = None
+        elif self.timeline is None:
+            self.timeline = StereoTimeline(self.audio_format.sample_rate, start=now)
+        return self.timeline
 
     async def receive(self) -> InboundEvent:
         event = await self.inner.receive()
         if isinstance(event, AudioReceived):
             now = self.clock.now()
-            self.timeline.caller(self.audio_format.to_pcm16(event.audio), now)
-            self._push(self.timeline.advance(now))
+            timeline = self._live(now)
+            if timeline is not None:
+                timeline.caller(self.audio_format.to_pcm16(event.audio), now)
+                self._push(timeline.advance(now))
         return event
 
     async def send_audio(self, audio: bytes) -> None:
         await self.inner.send_audio(audio)
         now = self.clock.now()
-        self.timeline.assistant(self.audio_format.to_pcm16(audio), now)
-        self._push(self.timeline.advance(now))
+        timeline = self._live(now)
+        if timeline is not None:
+            timeline.assistant(self.audio_format.to_pcm16(audio), now)
+            self._push(timeline.advance(now))
 
     async def send_mark(self, name: str) -> None:
         await self.inner.send_mark(name)
 
     async def send_clear(self) -> None:
         await self.inner.send_clear()
-        self.timeline.clear(self.clock.now())
+        if self.timeline is not None:
+            self.timeline.clear(self.clock.now())
 
     async def close(self, reason: str) -> None:
         self.finish()
@@ -209,7 +233,9 @@ class RecordingTransport:
                 await self._on_close()
 
     def finish(self) -> None:
-        self._push(self.timeline.finish(self.clock.now()))
+        self._finished = True
+        if self.timeline is not None:
+            self._push(self.timeline.finish(self.clock.now()))
 
     def _push(self, pcm: bytes) -> None:
         if pcm:

@@ -36,6 +36,9 @@ class ReplyTimings:
     llm_first_token: float | None = None
     tts_first_request: float | None = None
     tts_first_audio: float | None = None
+    # Playback held back until then (stopSpeakingPlan.backoffSeconds after a barge-in): a
+    # deliberate wait, which the turn's latency counts apart from processing (None: not held).
+    held_until: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
 

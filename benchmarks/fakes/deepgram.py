@@ -10,15 +10,23 @@ connections and moves only when a final is sent, so a segment cut off by a dropp
 recognised again from the client's replay. For many concurrent calls (the benchmarks) set
 `script_per_connection`: each connection then walks the script on its own, wrapping around, and
 `utterance_gap`: speech resuming after a shorter pause continues the same utterance, so a
-sentence with pauses in it is not given several script lines. With `script_seconds` (each line's
-spoken length) a final inside an utterance carries the share of its words spoken so far, as
-Deepgram's endpointing finals do; without, the first final carries them all. With
+sentence with pauses in it is not given several script lines. With `utterance_gap` the script
+follows the audio, as a real Deepgram transcribes what was said: every utterance (speech after
+at least `utterance_gap` of silence) is the next line, whatever the finals of the one before
+carried (none, when a Finalize came before its first word was heard, or all of them before its
+last syllable), so a long call never drifts from what its caller says. With `script_seconds`
+(each line's spoken length) a final inside an utterance carries the share of its words spoken
+so far, as Deepgram's endpointing finals do; without, the first final carries them all. With
 `script_word_times` (for each line, the seconds of *voiced* audio, counted from the line's first
 voiced frame, by which each word has been heard) interims and finals carry exactly the words
 heard so far, also after a pause inside the sentence: a final for "I'd like to move my
 appointment to" arrives during the caller's pause, as Deepgram's endpointing sends it.
 Interims come every `interim_every` seconds of speech (Deepgram's cadence is no faster than
-~250 ms), each repeating the words heard so far.
+~250 ms), each repeating the words heard so far. A dip in energy shorter than `dip_seconds` (a
+quiet consonant, the gap between two syllables) does not end a segment, whatever `endpointing`
+says, as Deepgram's own voice detection bridges it; the final still comes `final_delay` after the
+endpointing silence. A Finalize in the middle of speech returns the words heard so far and, with
+`utterance_gap`, the rest of the segment is transcribed as usual afterwards.
 Audio is `encoding=mulaw` or `encoding=linear16` (what pipecat's service sends) at the
 `sample_rate` given.
 """
@@ -57,6 +65,7 @@ class DeepgramFakeConfig:
     silence_final_every: float | None = 1.0  # audio seconds between empty finals in silence
     speech_rms: float = 0.02  # frame RMS (full scale 1.0) that counts as speech
     min_silence: float | None = None  # silence ending a segment; None: the `endpointing` param
+    dip_seconds: float = 0.1  # shorter silence inside speech never ends a segment
     idle_timeout: float = 10.0  # no audio or KeepAlive this long: close 1011 NET-0001
     metadata_on_open: bool = False  # Deepgram sends Metadata only at CloseStream (§2.3)
     # Each connection walks the script from its start and wraps around (concurrent calls);
@@ -97,11 +106,16 @@ class _ScriptCursor:
         wrap: bool,
         seconds: list[float] | None = None,
         word_times: list[list[float]] | None = None,
+        per_utterance: bool = False,
     ) -> None:
         self.script = script
         self.seconds = seconds
         self.word_times = word_times
         self.wrap = wrap
+        # Lines follow utterances (`advance` at each new one), not finals: a final that carries
+        # a line's last words leaves the cursor on it, so more speech of the same utterance
+        # gets no words of the next line.
+        self.per_utterance = per_utterance
         self.index = 0
         self.word_offset = 0
 
@@ -132,15 +146,21 @@ class _ScriptCursor:
     def next_utterance(self) -> None:
         """Skip what is left of a partly finalised utterance: the caller moved on."""
         if self.word_offset:
-            self.index += 1
-            self.word_offset = 0
+            self.advance()
+
+    def advance(self) -> None:
+        """The next line: a new utterance began, whatever this one's finals carried."""
+        self.index += 1
+        self.word_offset = 0
 
     def take(self, words: int | None = None) -> str:
         """Finalise `words` more words of the current utterance, or (None) all the rest."""
         remaining = self.remaining()
         if words is None:
-            self.index += 1
-            self.word_offset = 0
+            if self.per_utterance:
+                self.word_offset = len(self.words())
+            else:
+                self.advance()
             return " ".join(remaining)
         self.word_offset += words
         return " ".join(remaining[:words])
@@ -171,7 +191,11 @@ class DeepgramFake:
     def _new_cursor(self, *, wrap: bool) -> _ScriptCursor:
         cfg = self.config
         return _ScriptCursor(
-            cfg.script, wrap=wrap, seconds=cfg.script_seconds, word_times=cfg.script_word_times
+            cfg.script,
+            wrap=wrap,
+            seconds=cfg.script_seconds,
+            word_times=cfg.script_word_times,
+            per_utterance=cfg.utterance_gap is not None,
         )
 
     def _cursor(self) -> _ScriptCursor:
@@ -229,7 +253,9 @@ class _Listen:
         endpointing = params.get("endpointing", "10")
         default_silence = 0.01 if endpointing == "false" else float(endpointing) / 1000
         silence = self.cfg.min_silence if self.cfg.min_silence is not None else default_silence
-        self.min_silence = max(silence, _FRAME_SECONDS)
+        self.endpoint_silence = max(silence, _FRAME_SECONDS)
+        # Silence that ends a segment: the endpointing silence, but never a dip inside speech.
+        self.min_silence = max(self.endpoint_silence, self.cfg.dip_seconds)
         self.model = params.get("model", "nova-3")
         self.pending = b""
         self.audio_time = 0.0
@@ -245,6 +271,7 @@ class _Listen:
         self.continuation = False  # this segment continues the utterance already transcribed
         self.utterance_start = 0.0  # audio time the current utterance began
         self.utterance_voiced = 0.0  # voiced audio seconds of the current utterance so far
+        self.utterances = 0  # utterances heard on this connection
         self.finalized_to = 0.0  # audio time covered by the last final
         self.last_word_end: float | None = None
         self.stalled = fault is Fault.STALL and self.cfg.fault_after <= 0
@@ -339,6 +366,16 @@ class _Listen:
             _, start, end = self.final_due
             self.final_due = None
             await self._final(start, end, from_finalize=True)
+        elif self.in_speech and not self.consumed and self.cfg.utterance_gap is not None:
+            # Deepgram returns what it has heard and goes on transcribing what follows.
+            if self.silence > 0:  # in the segment's trailing silence (or a dip): it ends here
+                self.in_speech = False
+                end = self.voiced_end
+            else:
+                end = self.audio_time
+            start, self.span_start = self.span_start, end
+            self.interim_words = 0
+            await self._final(start, end, from_finalize=True)
         elif self.in_speech and not self.consumed:
             self.consumed = True
             await self._final(self.span_start, self.audio_time, from_finalize=True)
@@ -376,8 +413,13 @@ class _Listen:
                 if not self.continuation:
                     self.utterance_start = start
                     self.utterance_voiced = 0.0
-                    if gap is not None:
+                    if gap is not None and self.utterances:
+                        self.script.advance()
+                    elif gap is not None:
+                        # the first on this connection: a line cut off by a dropped socket is
+                        # said again from the client's replay, unless part of it was finalised
                         self.script.next_utterance()
+                    self.utterances += 1
                 self.in_speech, self.consumed = True, False
                 self.seg_start = self.span_start = start
                 self.interim_words = 0
@@ -411,7 +453,9 @@ class _Listen:
             if self.silence >= self.min_silence:
                 self.in_speech = False
                 if not self.consumed:
-                    due = self.loop.time() + self.cfg.final_delay
+                    # `final_delay` after the endpointing silence, not after the dip bridging
+                    late = self.silence - self.endpoint_silence
+                    due = self.loop.time() + max(0.0, self.cfg.final_delay - late)
                     self.final_due = (due, self.span_start, self.voiced_end)
                 self.finalized_to = max(self.finalized_to, self.voiced_end)
             return

@@ -295,7 +295,11 @@ async def place_call(
         except (OSError, websockets.WebSocketException, TimeoutError) as exc:
             report.error = f"media stream failed: {exc!r}"
         if fetch_record:
-            report.record = await _fetch_record(http, base_url, call_sid)
+            try:
+                report.record = await _fetch_record(http, base_url, call_sid)
+            except (httpx.HTTPError, ValueError) as exc:
+                # A loaded server may drop this request: the call's own failure, not the caller's.
+                report.error = report.error or f"call record fetch failed: {exc!r}"
     return report
 
 

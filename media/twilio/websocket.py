@@ -128,5 +128,5 @@ class TwilioWebSocket:
         try:
             # Close reasons are limited to 123 bytes by RFC 6455.
             await self.websocket.close(code, reason.encode()[:120].decode(errors="ignore"))
-        except (RuntimeError, OSError):
-            pass  # the peer went first; nothing left to tell it
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass  # the peer went first (starlette says so with 1006); nothing left to tell it

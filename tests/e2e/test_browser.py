@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import wave
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +43,6 @@ pytestmark = [
         reason="needs Debian's Chromium: apt-get install -y chromium",
     ),
 ]
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineHub]:
-    settings = settings_for(
-        Path("control/data/sample-assistant.json"), tmp_path_factory.mktemp("browser")
-    )
-    engines = EngineHub.load(settings)
-    yield engines
-    engines.close()
 
 
 def write_speech_wav(path: Path, ulaw: bytes, lead_in: float, tail: float) -> None:

@@ -8,7 +8,6 @@ local responder and Piper at 16 kHz, and the browser measures what it receives.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +23,6 @@ from tests.control.test_webrtc_calls import GREETING, browser, dev_call
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 QUESTION = "What are your opening hours?"
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineHub]:
-    settings = settings_for(
-        Path("control/data/sample-assistant.json"), tmp_path_factory.mktemp("e2e-wide")
-    )
-    engines = EngineHub.load(settings)
-    yield engines
-    engines.close()
 
 
 def high_band_share(samples: np.ndarray, rate: int) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +24,6 @@ from tests.conftest import AssistantFactory, heard_after_barge_in, serve, settin
 from voice.engines.synthesize import synthesize_ulaw
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineHub]:
-    settings = settings_for(
-        Path("control/data/sample-assistant.json"), tmp_path_factory.mktemp("e2e")
-    )
-    engines = EngineHub.load(settings)
-    yield engines
-    engines.close()
 
 
 @pytest.fixture(scope="module")

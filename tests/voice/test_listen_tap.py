@@ -130,3 +130,40 @@ async def test_a_recording_transport_feeds_the_tap_what_the_file_gets() -> None:
     assert heard and heard == bytes(kept.pcm)
     right = np.frombuffer(heard, "<i2")[1::2]
     assert np.abs(right).max() > 500  # the assistant's tone, on the right
+
+
+async def test_an_unrecorded_call_makes_stereo_audio_only_while_someone_listens() -> None:
+    clock = _Clock()
+    inner = SimulatedPhone()
+    tap = ListenTap("call_1", "t1", inner.audio_format.sample_rate)
+    remote = {"wanted": False}
+    tap.remote = lambda: remote["wanted"]
+    transport = RecordingTransport(inner, clock, tap, start=0.0, wanted=tap.wanted)
+    tone = inner.audio_format.from_pcm16(np.full(160, 1000, "<i2").tobytes())
+
+    async def play(frames: int) -> None:
+        for _ in range(frames):
+            clock.t += 0.02
+            await transport.send_audio(tone)
+
+    await play(5)
+    assert transport.timeline is None  # nobody listens: no timeline, nothing made
+
+    listener = tap.listen()
+    await play(60)  # no caller frames: the assistant's side is final 1 s behind the clock
+    assert transport.timeline is not None
+    heard = listener.take()
+    assert heard  # starts with the first listener, at that moment
+    assert len(heard) <= 60 * 160 * 4
+
+    tap.remove(listener)
+    await play(1)
+    assert transport.timeline is None  # the last one left: dropped again
+
+    remote["wanted"] = True  # a listener on another node
+    await play(3)
+    assert transport.timeline is not None
+
+    transport.finish()
+    tap.close()
+    assert not tap.wanted()

@@ -148,3 +148,14 @@ def test_the_greeting_plays_first_and_the_caller_is_answered_after_it() -> None:
     starts = result.assistant_starts()
     assert len(starts) == 2 and starts[0] - result.t0 < 0.05
     assert result.user_messages() == [QUESTION]
+
+
+def test_the_answer_to_a_short_interruption_is_held_back_not_slow() -> None:
+    # "Stop." is over before stopSpeakingPlan.backoffSeconds (1 s) has passed since the
+    # barge-in: its answer waits, ready, until then. That wait is `held`, not server time.
+    result, _ = _over_the_reply(clip("Stop."), "Stop.")
+    answer = result.turns()[1]
+    assert answer.latency is not None
+    # the answer's audio is ready ~0.65 s after "Stop." was confirmed, the backoff ends later
+    assert answer.latency.held > 0.03, answer.latency
+    assert 0 <= answer.latency.server < 0.01, answer.latency
