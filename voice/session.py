@@ -60,7 +60,7 @@ import logging
 import time
 from typing import Literal
 
-from media.transport import CallTransport
+from media.transport import CallTransport, TransportClosed
 from voice.assistant import Assistant
 from voice.clock import Clock, MonotonicClock
 from voice.ending_hooks import EndingHooks
@@ -140,6 +140,14 @@ from voice.types import ChatMessage, EndedReason, Transcript
 __all__ = ["APOLOGY", "CallSession", "Engines", "SessionOptions"]
 
 log = logging.getLogger("ava.call")
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception in a (possibly nested) group, as the tasks raised it."""
+    first = group.exceptions[0]
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 class _CallOver(Exception):
@@ -304,6 +312,14 @@ class CallSession:
                 tg.create_task(self._main())
         except* _CallOver:
             pass
+        except* TransportClosed as closed:
+            # A send met the closed line before the reader did: the caller left (or their
+            # stream was refused), which is not a failure of the server.
+            gone = _first_leaf(closed)
+            assert isinstance(gone, TransportClosed)
+            malformed = gone.malformed
+            reason = EndedReason.MALFORMED_STREAM if malformed else EndedReason.CUSTOMER_ENDED_CALL
+            self._finish(reason, gone.detail)
         except* Exception as group:  # the session boundary: a bug ends this call, not the server
             log.error("call %s failed", self.call_id, exc_info=group)
             self._finish(EndedReason.SERVER_ERROR, repr(group.exceptions[0]))

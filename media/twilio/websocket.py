@@ -51,6 +51,9 @@ class TwilioWebSocket:
         self._clock = clock
         self._pending: deque[InboundEvent] = deque()
         self._closed = False
+        # Set when we refused the stream: a later send says so too, so whichever of the call's
+        # tasks meets the closed line first ends the call with the right reason.
+        self._refused: str | None = None
 
     async def wait_started(self) -> Start:
         """Read until the `start` message (the call's identity); anything else first is bad."""
@@ -94,6 +97,7 @@ class TwilioWebSocket:
 
     async def _reject(self, reason: str) -> NoReturn:
         log.error("malformed Twilio stream %s: %s", self.stream.stream_sid or "-", reason)
+        self._refused = reason
         await self._close(CLOSE_POLICY, reason)
         raise TransportClosed(f"malformed stream: {reason}", malformed=True)
 
@@ -108,6 +112,8 @@ class TwilioWebSocket:
 
     async def _send(self, text: str) -> None:
         if self._closed:
+            if self._refused is not None:
+                raise TransportClosed(f"malformed stream: {self._refused}", malformed=True)
             raise TransportClosed("socket closed")
         try:
             await self.websocket.send_text(text)

@@ -30,4 +30,3 @@ async def test_closing_a_line_whose_peer_is_gone_is_quiet() -> None:
     transport = TwilioWebSocket(_GonePeer())
     await transport.close("customer-ended-call")  # must not raise
     await transport.close("customer-ended-call")  # idempotent
-
