@@ -7,6 +7,11 @@ hung up at Twilio, because nothing else will: the media stream died with the nod
 `<Connect>` would otherwise keep the caller on a silent line until the stream times out, and
 an outbound call would keep costing minutes.
 
+The hang-ups run apart from the sweep, a few at a time (`hanging_up`): closing the rows is one
+database write, but each hang-up is a request to Twilio, and a node that waited on a hundred
+of them in its heartbeat loop would miss its own heartbeat (and be taken for dead) or, at
+startup, hold its readiness behind Twilio's answers.
+
 A node only ever closes other nodes' calls: restarting one process never touches the live calls
 of the others. Single-process (no Redis) the previous process's calls are closed at startup, as
 before nodes had ids.
@@ -36,6 +41,14 @@ __all__ = ["OrphanSweeper", "default_node_id", "registry_for", "running_node"]
 
 log = logging.getLogger("ava.nodes")
 
+# Twilio hang-ups in flight at once, and waiting: a backlog past that (a crash of many big
+# nodes at once) is dropped with a warning; Twilio still ends each call when its stream's
+# websocket is found dead, only later.
+_HANG_UP_CONCURRENCY = 8
+_HANG_UP_BACKLOG = 10_000
+# At shutdown, how long queued hang-ups may still take.
+_HANG_UP_GRACE_SECONDS = 2.0
+
 
 def default_node_id() -> str:
     """Host, pid and a random part: a restarted process is a new node even where host and pid
@@ -64,6 +77,8 @@ class OrphanSweeper:
         # Alone on the database, at startup: rows no node claimed (a ringing outbound call,
         # rows from before node ids) are the previous process's too.
         self._sweep_unowned = not nodes.shared
+        self._hang_ups: asyncio.Queue[OrphanCall] = asyncio.Queue(_HANG_UP_BACKLOG)
+        self.hang_ups_dropped = 0
 
     async def sweep(self, *, startup: bool = False) -> list[OrphanCall]:
         """Close the calls of every dead node this node can claim; returns them."""
@@ -85,7 +100,7 @@ class OrphanSweeper:
             if calls:
                 log.warning("closed %d calls of dead node %s", len(calls), node)
             for call in calls:
-                await self._hang_up(call)
+                self._queue_hang_up(call)
             closed += calls
         return closed
 
@@ -102,9 +117,41 @@ class OrphanSweeper:
                 # The database blipped: the next round tries again (this loop must outlive it).
                 log.warning("orphan sweep failed, retried next round: %s", exc)
 
-    async def _hang_up(self, call: OrphanCall) -> None:
+    def _queue_hang_up(self, call: OrphanCall) -> None:
         if not call.twilio_call_sid:
             return
+        try:
+            self._hang_ups.put_nowait(call)
+        except asyncio.QueueFull:
+            self.hang_ups_dropped += 1
+            log.warning("call %s: Twilio hang-up of an orphan dropped (backlog full)", call.id)
+
+    async def hanging_up(self) -> None:
+        """Hang up the closed calls' Twilio legs, `_HANG_UP_CONCURRENCY` at a time, until
+        cancelled."""
+        slots = asyncio.Semaphore(_HANG_UP_CONCURRENCY)
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                call = await self._hang_ups.get()
+                await slots.acquire()
+                tg.create_task(self._hang_up_one(call, slots))
+
+    async def hung_up(self) -> None:
+        """Until every hang-up queued so far has been tried (`hanging_up` must be running)."""
+        await self._hang_ups.join()
+
+    async def _hang_up_one(self, call: OrphanCall, slots: asyncio.Semaphore) -> None:
+        try:
+            await self._hang_up(call)
+        except (SQLAlchemyError, OSError) as exc:
+            # Its credentials could not be read: the row is closed all the same.
+            log.warning("call %s: Twilio hang-up of an orphan failed: %s", call.id, exc)
+        finally:
+            slots.release()
+            self._hang_ups.task_done()
+
+    async def _hang_up(self, call: OrphanCall) -> None:
+        assert call.twilio_call_sid
         try:
             await hang_up_at_twilio(
                 self._settings,
@@ -122,23 +169,32 @@ async def running_node(settings: Settings, stores: Stores) -> AsyncIterator[Node
     """Join the cluster for the app's lifetime: heartbeat first, then close the dead's calls."""
     nodes = registry_for(settings)
     sweeper = OrphanSweeper(nodes, stores, settings)
+    hanging_up = asyncio.create_task(sweeper.hanging_up(), name="ava-orphan-hang-ups")
+    task: asyncio.Task[None] | None = None
     try:
-        await nodes.beat()
-        closed = await sweeper.sweep(startup=True)
-        if closed:
-            log.warning("closed %d calls left in progress by stopped processes", len(closed))
-    except NodesUnavailable as exc:
-        # Starting without knowing who is alive is safe (nothing is closed); refusing to start
-        # because Redis blipped would turn a Redis outage into an AVA outage.
-        log.warning("node registry unavailable at startup, orphans not swept: %s", exc)
-    # Alone, there is nobody else to die: the startup sweep was all there is to do.
-    task = asyncio.create_task(sweeper.run(), name="ava-node") if nodes.shared else None
-    try:
+        try:
+            await nodes.beat()
+            closed = await sweeper.sweep(startup=True)
+            if closed:
+                log.warning("closed %d calls left in progress by stopped processes", len(closed))
+        except NodesUnavailable as exc:
+            # Starting without knowing who is alive is safe (nothing is closed); refusing to
+            # start because Redis blipped would turn a Redis outage into an AVA outage.
+            log.warning("node registry unavailable at startup, orphans not swept: %s", exc)
+        # Alone, there is nobody else to die: the startup sweep was all there is to do.
+        if nodes.shared:
+            task = asyncio.create_task(sweeper.run(), name="ava-node")
         yield nodes
     finally:
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if not hanging_up.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sweeper.hung_up(), _HANG_UP_GRACE_SECONDS)
+        hanging_up.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hanging_up
         await nodes.leave()
         await nodes.aclose()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,29 @@ class Cluster:
     def hang_ups(self, sid: str) -> int:
         return sum(1 for u in self.twilio.calls[sid].updates if u.get("Status") == "completed")
 
+    async def hung_up(self, sid: str, count: int = 1) -> None:
+        """Until the (background) hang-up of `sid` has reached the fake."""
+        async with asyncio.timeout(10):
+            while True:
+                self.twilio.call_updated.clear()  # before looking: no update slips between
+                if self.hang_ups(sid) >= count:
+                    return
+                await self.twilio.call_updated.wait()
+
+
+@asynccontextmanager
+async def hanging_up(*sweepers: OrphanSweeper) -> AsyncIterator[None]:
+    """The sweepers' hang-up workers, as `running_node` runs them; drained at the end."""
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(s.hanging_up()) for s in sweepers]
+        try:
+            yield
+            for sweeper in sweepers:
+                await sweeper.hung_up()
+        finally:
+            for task in tasks:
+                task.cancel()
+
 
 @pytest.fixture
 async def cluster(
@@ -85,17 +109,20 @@ async def test_a_dead_nodes_calls_are_closed_and_hung_up_by_a_survivor(cluster: 
         orphan, orphan_sid = await cluster.live_call(dead.node_id)
         ringing, _ = await cluster.live_call(None, status="ringing")
         sweeper = OrphanSweeper(survivor, cluster.stores, cluster.settings)
-        assert await sweeper.sweep() == []  # both nodes are alive
-        await asyncio.sleep(0.5)  # b stops beating; a goes on
-        await alive.beat()
-        closed = await sweeper.sweep()
-        assert [c.id for c in closed] == [orphan]
-        assert await cluster.state(orphan) == ("ended", NODE_DIED_REASON)
+        async with hanging_up(sweeper):
+            assert await sweeper.sweep() == []  # both nodes are alive
+            await asyncio.sleep(0.5)  # b stops beating; a goes on
+            await alive.beat()
+            closed = await sweeper.sweep()
+            assert [c.id for c in closed] == [orphan]
+            assert await cluster.state(orphan) == ("ended", NODE_DIED_REASON)
+            # the live node's call and the ringing call of no node are untouched
+            assert await cluster.state(theirs) == ("in-progress", None)
+            assert await cluster.state(ringing) == ("ringing", None)
+            await alive.beat()
+            assert await sweeper.sweep() == []  # nothing twice
+            await cluster.hung_up(orphan_sid)
         assert cluster.hang_ups(orphan_sid) == 1
-        # the live node's call and the ringing call of no node are untouched
-        assert await cluster.state(theirs) == ("in-progress", None)
-        assert await cluster.state(ringing) == ("ringing", None)
-        assert await sweeper.sweep() == []  # nothing twice
     finally:
         for node in (alive, dead, survivor):
             await node.aclose()
@@ -108,7 +135,8 @@ async def test_one_survivor_closes_a_dead_node_however_many_notice(cluster: Clus
     try:
         orphan, sid = await cluster.live_call(dead.node_id)
         sweepers = [OrphanSweeper(s, cluster.stores, cluster.settings) for s in survivors]
-        results = await asyncio.gather(*(s.sweep() for s in sweepers))
+        async with hanging_up(*sweepers):
+            results = await asyncio.gather(*(s.sweep() for s in sweepers))
         assert sorted(len(r) for r in results) == [0, 0, 1]
         assert await cluster.state(orphan) == ("ended", NODE_DIED_REASON)
         assert cluster.hang_ups(sid) == 1
@@ -144,7 +172,7 @@ async def test_a_lone_process_closes_every_unfinished_call_at_startup(cluster: C
         mine, _ = await cluster.live_call(nodes.node_id)
         assert await cluster.state(previous) == ("ended", NODE_DIED_REASON)
         assert await cluster.state(ringing) == ("ended", NODE_DIED_REASON)
-        assert cluster.hang_ups(sid) == 1
+        await cluster.hung_up(sid)  # in the background: startup does not wait on Twilio
         # alone, nothing sweeps while it runs: its own calls are safe
         assert await OrphanSweeper(nodes, cluster.stores, cluster.settings).sweep() == []
         assert await cluster.state(mine) == ("in-progress", None)
@@ -170,3 +198,32 @@ def test_the_heartbeat_must_be_shorter_than_its_ttl(tmp_path: Path) -> None:
             data_dir=tmp_path, node_heartbeat_seconds=20, node_ttl_seconds=15,
             _env_file=None,  # type: ignore[call-arg]
         )  # fmt: skip
+
+
+@pytest.mark.redis
+async def test_hang_ups_never_hold_the_sweep_or_the_heartbeat(cluster: Cluster) -> None:
+    # Twilio answering slowly (0.5 s a request) and a dead node with 24 calls: hung up one by one
+    # inside the sweep that would take 12 s, far past a heartbeat's TTL, and the sweeping node
+    # would be taken for dead itself. The sweep closes the rows and returns; the hang-ups go on
+    # beside it, 8 at a time.
+    cluster.twilio.config.latency = 0.5
+    dead, survivor = cluster.node("dead"), cluster.node("survivor")
+    try:
+        orphans = [await cluster.live_call(dead.node_id) for _ in range(24)]
+        sweeper = OrphanSweeper(survivor, cluster.stores, cluster.settings)
+        async with hanging_up(sweeper):
+            started = asyncio.get_running_loop().time()
+            closed = await sweeper.sweep()
+            swept = asyncio.get_running_loop().time() - started
+            assert len(closed) == 24
+            assert swept < 2.0, swept  # not 24 x 0.5 s
+            await survivor.beat()  # the heartbeat is not queued behind Twilio either
+            for call_id, _ in orphans:
+                assert await cluster.state(call_id) == ("ended", NODE_DIED_REASON)
+            await sweeper.hung_up()
+            hung_up = asyncio.get_running_loop().time() - started
+        assert all(cluster.hang_ups(sid) == 1 for _, sid in orphans)
+        assert hung_up < 24 * 0.5, hung_up  # in parallel, not one after another
+    finally:
+        for node in (dead, survivor):
+            await node.aclose()
