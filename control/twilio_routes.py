@@ -19,6 +19,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response, WebSocket
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from control.assistant_request import HeldAssistants, PendingAssistants, ask_for_assistant
 from control.call_control import twilio_call_control
@@ -337,6 +338,15 @@ async def media_stream(websocket: WebSocket) -> None:
         log.warning("media stream %s rejected: %s", start.stream_sid, exc)
         state.calls.reject(rejected_id, EndedReason.MALFORMED_STREAM, str(exc), **ids)
         await websocket.close(CLOSE_POLICY, str(exc))
+        return
+    except SQLAlchemyError as exc:
+        # The token could not be checked off (the database is down, or SQLite stayed locked
+        # past its busy timeout under load): the call cannot start safely, but it ends with a
+        # reason and a 1011, never as an exception in the websocket handler.
+        log.error("media stream %s: the database failed at start: %s", start.stream_sid, exc)
+        detail = f"database unavailable at stream start: {type(exc).__name__}"
+        state.calls.reject(rejected_id, EndedReason.SERVER_ERROR, detail, **ids)
+        await transport.close(f"{EndedReason.SERVER_ERROR.value}: database unavailable")
         return
     metadata = {**ids, "from": str(claims.get("from", "")), "to": str(claims.get("to", ""))}
     assistant: Assistant | str

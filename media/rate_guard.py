@@ -7,9 +7,15 @@ costs STT and VAD work on the shared inference threads (issue 9, finding 7). So 
 received since the first frame may exceed the time elapsed since then by at most
 `burst_seconds`; past that the stream is refused.
 
-The allowance is cumulative from the first frame, not a refilling bucket: after a 5 s stall
-Twilio delivers the 5 s it buffered at once, which is real time overall and must pass. What
-cannot pass is more audio than the call has lasted, plus the burst.
+The allowance is cumulative, not a refilling bucket: after a 5 s stall Twilio delivers the 5 s
+it buffered at once, which is real time overall and must pass. What cannot pass is more audio
+than the call has lasted, plus the burst.
+
+The call's time counts from `opened_at` when given (the moment the websocket was accepted: no
+audio can have been sent before it), else from the first frame read. The first frame read is
+late when the server itself is busy (a loaded event loop reads a socket that has been filling
+for seconds), and counting from it would take the server's own backlog for a flood and refuse
+honest calls exactly when the server is under load.
 
 Sans-I/O: bytes and the caller's clock in, a verdict out.
 """
@@ -28,13 +34,16 @@ class MediaRateExceeded(ValueError):
 
 
 class MediaRateGuard:
-    def __init__(self, burst_seconds: float, bytes_per_second: int = 8000) -> None:
-        """`bytes_per_second`: of the stream's audio (μ-law 8 kHz mono: 8000)."""
+    def __init__(
+        self, burst_seconds: float, bytes_per_second: int = 8000, *, opened_at: float | None = None
+    ) -> None:
+        """`bytes_per_second`: of the stream's audio (μ-law 8 kHz mono: 8000). `opened_at`:
+        when the connection opened, on the clock `receive` is given."""
         if burst_seconds <= 0 or bytes_per_second <= 0:
             raise ValueError("burst_seconds and bytes_per_second must be positive")
         self.burst_seconds = burst_seconds
         self.bytes_per_second = bytes_per_second
-        self._first: float | None = None
+        self._first: float | None = opened_at
         self._received = 0  # bytes since the first frame, that frame included
 
     @property
@@ -42,7 +51,7 @@ class MediaRateGuard:
         return self._received / self.bytes_per_second
 
     def ahead(self, now: float) -> float:
-        """Seconds of audio received beyond the time elapsed since the first frame."""
+        """Seconds of audio received beyond the time elapsed since the start."""
         if self._first is None:
             return 0.0
         return self.received_seconds - max(0.0, now - self._first)

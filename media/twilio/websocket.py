@@ -47,8 +47,10 @@ class TwilioWebSocket:
     ) -> None:
         self.websocket = websocket
         self.stream = TwilioStream()
-        self.rate = MediaRateGuard(burst_seconds)
         self._clock = clock
+        # Built as the websocket is accepted: the stream's time starts now, not at the first
+        # frame this (possibly busy) server gets round to reading.
+        self.rate = MediaRateGuard(burst_seconds, opened_at=clock())
         self._pending: deque[InboundEvent] = deque()
         self._closed = False
         # Set when we refused the stream: a later send says so too, so whichever of the call's

@@ -123,3 +123,26 @@ def test_time_going_backwards_cannot_buy_allowance() -> None:
     assert guard.ahead(5.0) == pytest.approx(0.02)  # elapsed is never negative
     with pytest.raises(ValueError):
         MediaRateGuard(0)
+
+
+def test_a_server_that_reads_late_does_not_take_its_backlog_for_a_flood() -> None:
+    """A busy server gets round to the socket 3 s after accepting it: 3 s of honest audio are
+    waiting. Counted from the accept they are real time; counted from the first frame read
+    (as before) they looked like 3 s of audio in no time, and the call was refused."""
+    opened = 10.0
+    guard = MediaRateGuard(BURST, opened_at=opened)
+    for i in range(150):  # 3 s sent from the accept on, all read at 13.0
+        guard.receive(160, opened + 3.0 + i * 0.00001)
+    for i in range(150, 500):  # then on time
+        guard.receive(160, opened + i * FRAME_SECONDS + 0.005)
+    late = MediaRateGuard(BURST)  # no accept time: the first frame read is the start
+    with pytest.raises(MediaRateExceeded):
+        for i in range(150):
+            late.receive(160, opened + 3.0 + i * 0.00001)
+
+
+def test_counting_from_the_accept_still_refuses_a_flood() -> None:
+    guard = MediaRateGuard(BURST, opened_at=0.0)
+    with pytest.raises(MediaRateExceeded):
+        for i in range(3000):  # 60 s of audio within 0.3 s of the accept
+            guard.receive(160, 0.0001 * i)
