@@ -20,17 +20,18 @@ the listen URL (relayed over Redis).
 Any node may take any leg: a transient assistant from `assistant-request`, answered on node A,
 runs the call whose media stream lands on node B (it is handed over sealed in Redis, and taken).
 
-A rolling restart: node A, holding a live call, gets a real SIGTERM. That call goes on: the turn in
-flight when the signal came completes, the caller asks again and is answered, and nothing completed
-is lost (every turn's messages are on the record); the caller hangs up and the process exits at once
-instead of waiting out its drain. Meanwhile A's `/readyz` says 503, and a new Twilio call the
-balancer sends to A gets a `<Redirect>` to the service's URL, which nginx sends to node B, which
-serves that call. A's replacement (a new process, a new node id) starts meanwhile and leaves B's
-live calls alone past TTL + heartbeat. Then B is SIGKILLed with that call and another (one test, so
-the cluster's two processes serve both stops): a command for the first gets the clear 504 within the
-control deadline, and `end-call` still ends it and hangs Twilio's leg up from A; the second, which
-nobody ends, a survivor closes once B's heartbeat has expired (within TTL + heartbeat), with the
-reason that says so, and hangs it up at Twilio.
+A rolling restart: first A's replacement starts (a new process and node id, as a rolling restart
+starts the new pod before stopping the old) while A holds a live call, and leaves that call alone
+past TTL + heartbeat. Then A gets a real SIGTERM. Its call goes on: the turn in flight when the
+signal came completes, the caller asks again and is answered, and nothing completed is lost (every
+turn's messages are on the record); the caller hangs up and the process exits at once instead of
+waiting out its drain. Meanwhile A's `/readyz` says 503, and a new Twilio call the balancer sends to
+A gets a `<Redirect>` to the service's URL, which nginx sends to node B, which serves that call.
+Then B is SIGKILLed with that call and another (one test, so the cluster's two processes serve both
+stops): a command for the first gets the clear 504 within the control deadline, and `end-call` still
+ends it and hangs Twilio's leg up from A; the second, which nobody ends, a survivor closes once B's
+heartbeat has expired (within TTL + heartbeat), with the reason that says so, and hangs it up at
+Twilio.
 """
 
 from __future__ import annotations
@@ -394,12 +395,16 @@ async def _ready(node: Node) -> int:
 async def test_a_rolling_restart_and_a_node_killed_meanwhile(c: Cluster) -> None:
     first, second = await asyncio.to_thread(caller_speech)
     mark = c.access_log_size()
-    # A's replacement, as a rolling restart starts it (a new node id): it starts while B holds
-    # live calls, and must leave them alone (its startup sweep and its periodic ones).
-    restarted = asyncio.create_task(c.start_node("r1"))
     async with twilio_leg(c) as live:
         call_id, a = await c.located(live.call_sid)
         b = c.other(a)
+        # A's replacement, started first as a rolling restart does (a new process and node
+        # id) while A holds a live call: neither its startup sweep nor its periodic ones may
+        # touch that call.
+        replacement = await c.start_node("r1")
+        await asyncio.sleep(TTL + HEARTBEAT)  # any wrong sweep would have run by now
+        record = await c.stores.calls.get_call(c.tenant_id, call_id, details=False)
+        assert record is not None and record.status == "in-progress"
         await until(lambda: live.line.media_received > 0 and live.all_played(), 10)
         live.say(first)
         await until(lambda: not live.speech, 10)
@@ -425,11 +430,6 @@ async def test_a_rolling_restart_and_a_node_killed_meanwhile(c: Cluster) -> None
             async with twilio_leg(c, public=b.base) as orphan:  # Twilio has B's URL: on B
                 orphan_id, holder = await c.located(orphan.call_sid)
                 assert holder is b
-                replacement = await restarted
-                await asyncio.sleep(TTL + HEARTBEAT)  # any wrong sweep would have run by now
-                for live_id in (moved_id, orphan_id):
-                    record = await c.stores.calls.get_call(c.tenant_id, live_id, details=False)
-                    assert record is not None and record.status == "in-progress", live_id
                 # B dies with both calls (SIGKILL: nothing of it runs).
                 os.kill(b.server.process.pid, signal.SIGKILL)
                 killed = time.monotonic()
