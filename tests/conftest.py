@@ -170,9 +170,8 @@ def heard_after_barge_in(report: CallReport) -> float:
 REDIS_URL = os.environ.get("AVA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-@pytest.fixture
-async def redis_url() -> AsyncIterator[str]:
-    """The machine's Redis (mark the test `redis`); unreachable: skipped, or failed when CI=true."""
+async def reachable_redis() -> str:
+    """The machine's Redis URL once it answers; unreachable: skipped, or failed when CI=true."""
     client = Redis.from_url(REDIS_URL, socket_connect_timeout=2)
     try:
         await client.ping()
@@ -183,7 +182,13 @@ async def redis_url() -> AsyncIterator[str]:
         pytest.skip(reason)
     finally:
         await client.aclose()
-    yield REDIS_URL
+    return REDIS_URL
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    """The machine's Redis (mark the test `redis`); unreachable: skipped, or failed when CI=true."""
+    yield await reachable_redis()
 
 
 # Their system prompts up to the first {{variable}} (the rubric, the schema are rendered in).

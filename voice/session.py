@@ -538,7 +538,12 @@ class CallSession:
         actions = self.turns.vad(probability, now, seconds)
         if actions:
             await self._apply(actions, now)
-        speaking = self.turns.state is TurnState.USER_SPEAKING
+        self._caller_speech(self.turns.state is TurnState.USER_SPEAKING, now)
+
+    def _caller_speech(self, speaking: bool, now: float) -> None:
+        """Vapi's user `speech-update`, each start with its stop. Checked on every VAD answer,
+        and also at a barge-in and a commit: a transcript can interrupt and commit in one
+        event, and the caller's turn must not go unreported because no VAD answer saw it."""
         if speaking != self._caller_speaking:
             self._caller_speaking = speaking
             event = SpeechStarted if speaking else SpeechStopped
@@ -626,12 +631,14 @@ class CallSession:
             elif isinstance(action, CancelSpeculation | DiscardTurn):
                 replies.cancel_speculation()
             elif isinstance(action, CommitTurn):
+                self._caller_speech(False, now)
                 self._commit(action, now)
             elif isinstance(action, PauseOutput):
                 self._playout.pause()
             elif isinstance(action, ResumeOutput):
                 self._playout.resume()
             elif isinstance(action, Interrupt):
+                self._caller_speech(True, now)
                 await self._heard.interrupt(action, now)
 
     def _commit(self, action: CommitTurn, now: float) -> None:

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import functools
 import json
-import os
 import re
 import signal
 import uuid
@@ -41,10 +40,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import pytest
 import websockets
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from websockets.asyncio.client import ClientConnection
 
 from benchmarks.fakes.deepgram import DeepgramFake, DeepgramFakeConfig
@@ -60,7 +56,7 @@ from media.twilio.caller import parse_twiml
 from media.twilio.phone import PhoneLine
 from media.twilio.signature import compute_signature
 from storage import TwilioCredentials, upgrade
-from tests.conftest import REDIS_URL
+from tests.conftest import reachable_redis
 from tests.storage.conftest import postgres_database
 from tests.test_deployment_manifests import local_nginx_conf, nginx_binary
 from voice.engines.synthesize import synthesize_ulaw
@@ -163,17 +159,7 @@ async def polled(check: Callable[[], Awaitable[bool]], what: str, seconds: float
 
 async def redis_url_or_skip() -> str:
     """The machine's Redis, as tests/conftest.py's `redis_url` (for module-scoped fixtures)."""
-    client = Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
-        reason = f"Redis at {REDIS_URL} is unreachable: {exc!r}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (CI=true: redis tests must run)")
-        pytest.skip(reason)
-    finally:
-        await client.aclose()
-    return REDIS_URL
+    return await reachable_redis()
 
 
 def _nginx_conf(upstreams: list[str], listen: str, prefix: Path, single_worker: bool) -> Path:
