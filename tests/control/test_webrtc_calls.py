@@ -206,7 +206,9 @@ async def test_a_dev_mode_browser_call(tmp_path: Path, assistant_file: Assistant
         turn = await peer.wait_type("turn")
         assert (turn["user"], turn["assistant"]) == ("What are your hours?", "We open at nine.")
         latency = turn["latencyMs"]
-        assert latency["voiceToVoice"] >= latency["endpointing"] >= 200
+        # The 200 ms of silence count in audio or on the wall clock, whichever is longer
+        # (frames can arrive in a burst), so the wall-clock wait may come in a little under.
+        assert latency["voiceToVoice"] >= latency["endpointing"] >= 150
         assert 0 <= latency["server"] < 50
 
         peer.hang_up()
