@@ -2,7 +2,7 @@
 
 `FailoverPlan` is the pure policy (explicit time): the first usable candidate gets one retry on a
 retryable error, then each fallback gets one attempt, and a candidate whose circuit breaker is
-open is skipped. `FallbackLlm` and `FallbackTts` apply it to a stream: a provider that fails
+open is skipped — unless every one is open: then the attempt tries the one open longest, once. `FallbackLlm` and `FallbackTts` apply it to a stream: a provider that fails
 before producing anything is replaced by the next one; a failure after output has started is
 re-raised (the caller already has part of the answer). Every failure is reported through
 `on_failure` (the session turns it into a `ProviderFailed` event). When nothing is left,
@@ -97,7 +97,21 @@ class FailoverPlan(Generic[T]):
                 self._tried_any = True
                 return candidate
             self._index += 1
+        if not self._tried_any and self._chain:
+            # Every breaker is open. A breaker is there to skip a failing provider for one that
+            # works; with none left, skipping would end the call untried. Breakers open on
+            # spells (a rate limit, a burst of slow first tokens when this process is loaded),
+            # and then three timeouts would fail every call of the process for the cool-down.
+            # So the attempt still tries the provider whose breaker opened first, once.
+            self._tried_any = True
+            self._retried = True
+            self._index = len(self._chain)
+            return min(self._chain, key=lambda c: self._opened_at(c, now))
         return None
+
+    def _opened_at(self, candidate: Candidate[T], now: float) -> float:
+        opened_at = self._breakers.get(candidate.key).opened_at
+        return now if opened_at is None else opened_at
 
     def failed(
         self, candidate: Candidate[T], error: ProviderError, now: float, *, retry: bool = True

@@ -54,15 +54,32 @@ def test_no_retry_when_asked_not_to() -> None:
     assert (second := plan.next(0.0)) is not None and second.key == "b"
 
 
-def test_open_breakers_are_skipped_and_reported_as_nothing_left() -> None:
+def test_open_breakers_are_skipped() -> None:
     board = BreakerBoard(failure_threshold=1, cool_down=30.0)
     board.get("a").record_failure(0.0)
     plan = plan_of("a", "b", board=board)
     assert (candidate := plan.next(1.0)) is not None and candidate.key == "b"
     board.get("b").record_failure(1.0)
-    assert plan_of("a", "b", board=board).next(2.0) is None
     # after the cool-down the primary gets its half-open trial again
     assert (trial := plan_of("a", "b", board=board).next(31.0)) is not None and trial.key == "a"
+
+
+def test_with_every_breaker_open_the_one_open_longest_is_still_tried_once() -> None:
+    """Skipping every provider would end the call untried: a spell of timeouts on a loaded
+    process would otherwise fail every call for the whole cool-down."""
+    board = BreakerBoard(failure_threshold=1, cool_down=30.0)
+    board.get("b").record_failure(0.0)
+    board.get("a").record_failure(1.0)
+    plan = plan_of("a", "b", board=board)
+    assert (candidate := plan.next(2.0)) is not None and candidate.key == "b"
+    plan.failed(candidate, RETRYABLE, 2.0)  # retryable, but the last resort gets no retry
+    assert plan.next(2.0) is None
+    assert board.get("b").state(2.5).value == "open"  # its cool-down starts again
+    # …and one that answers closes its breaker at once, for every call
+    plan = plan_of("a", board=board)
+    assert (candidate := plan.next(3.0)) is not None and candidate.key == "a"
+    plan.succeeded(candidate, 3.1)
+    assert board.get("a").state(3.2).value == "closed"
 
 
 def test_success_closes_the_breaker() -> None:
