@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 from contextvars import ContextVar
+from dataclasses import fields
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import (
@@ -28,7 +29,15 @@ from prometheus_client import (
 from control.errors import ApiError
 from media.transport import CallTransport, InboundEvent
 from voice.clock import Clock, MonotonicClock
-from voice.events import BargeIn, CallEnded, CallEvent, CallStarted, ProviderFailed, TurnCompleted
+from voice.events import (
+    BargeIn,
+    CallEnded,
+    CallEvent,
+    CallStarted,
+    ProviderFailed,
+    TurnCompleted,
+    TurnLatency,
+)
 
 __all__ = [
     "LATENESS_BUCKETS",
@@ -49,7 +58,7 @@ LATENCY_BUCKETS = (
 LATENESS_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.2, 0.5,
 )  # fmt: skip
-STAGES = ("voice_to_voice", "endpointing", "stt", "llm_ttft", "tts_ttfb", "server")
+STAGES = tuple(stage.name for stage in fields(TurnLatency))
 
 # Lateness of this task's last paced sleep, waiting for the send it released.
 _LATENESS: ContextVar[float | None] = ContextVar("ava_pacing_lateness", default=None)

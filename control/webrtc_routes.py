@@ -240,6 +240,7 @@ def page_event(event: CallEvent) -> dict[str, Any] | None:
                 "llm": round(latency.llm_ttft * 1000, 1),
                 "tts": round(latency.tts_ttfb * 1000, 1),
                 "server": round(latency.server * 1000, 1),
+                "held": round(latency.held * 1000, 1),
             },
         }
     if isinstance(event, BargeIn):

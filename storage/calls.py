@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -148,9 +149,22 @@ class CallPage:
     next_cursor: str | None  # pass back as `cursor` for the next (older) page
 
 
+# How often a process clears expired used-token rows. Not at every stream start: that made each
+# start a second write in its transaction, and on SQLite, with 100 calls on one loaded core,
+# stream starts failed with "database is locked" behind the recorders' writes.
+TOKEN_SWEEP_SECONDS = 60.0
+
+
 class CallStore:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._sessions = sessions
+        self._monotonic = monotonic
+        self._tokens_swept_at: float | None = None
 
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[CallWrites]:
@@ -387,16 +401,22 @@ class CallStore:
 
         In the database rather than in memory or Redis: every process serving calls shares it,
         whether or not Redis is configured, and the primary key makes the check-and-set atomic.
-        Rows are kept only until their token expires (an expired token is refused anyway)."""
-        now = utcnow()
+        Rows are kept until their token expires (an expired token is refused anyway), and are
+        cleared at most every `TOKEN_SWEEP_SECONDS` by each process."""
+        clock = self._monotonic()
+        last = self._tokens_swept_at
+        sweep = last is None or clock - last >= TOKEN_SWEEP_SECONDS
         try:
             async with self._sessions() as session, session.begin():
-                await session.execute(
-                    delete(StreamTokenUsedRow).where(StreamTokenUsedRow.expires_at < now)
-                )
+                if sweep:
+                    await session.execute(
+                        delete(StreamTokenUsedRow).where(StreamTokenUsedRow.expires_at < utcnow())
+                    )
                 session.add(StreamTokenUsedRow(token_id=token_id, expires_at=expires_at))
         except IntegrityError:
             return False
+        if sweep:
+            self._tokens_swept_at = clock
         return True
 
     # --- the call loop's writes (one transaction each; the recorder batches via batch()) --------
@@ -579,10 +599,10 @@ async def _with_details(session: AsyncSession, rows: Sequence[CallRow]) -> list[
     ):
         latency = None
         if t.voice_to_voice is not None:
-            latency = TurnLatency(
-                t.voice_to_voice, t.endpointing or 0.0, t.stt or 0.0, t.llm_ttft or 0.0,
-                t.tts_ttfb or 0.0, t.server or 0.0,
-            )  # fmt: skip
+            # A stage added later (`held`, 0009) is NULL on older turns; it reads as 0, as no
+            # hold was stored apart then.
+            stages = {s.name: getattr(t, s.name) or 0.0 for s in fields(TurnLatency)}
+            latency = TurnLatency(**stages)
         turns[t.call_id].append(
             CallTurn(t.index, t.at, t.user_text, t.assistant_text, t.interrupted, latency)
         )

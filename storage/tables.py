@@ -285,6 +285,7 @@ class CallTurnRow(Base):
     llm_ttft: Mapped[float | None] = mapped_column(Float)
     tts_ttfb: Mapped[float | None] = mapped_column(Float)
     server: Mapped[float | None] = mapped_column(Float)
+    held: Mapped[float | None] = mapped_column(Float)  # NULL on turns recorded before 0009
 
 
 class CallEventRow(Base):

@@ -59,6 +59,7 @@ _LATENCIES = {
     "endpointingLatency": "endpointing",
     "turnLatency": "voice_to_voice",
     "serverLatency": "server",  # AVA's own share of the turn; not a Vapi field
+    "heldLatency": "held",  # audio ready but held back (stopSpeakingPlan); not a Vapi field
 }
 
 

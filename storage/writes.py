@@ -8,6 +8,7 @@ minted by this server for a call it owns and never derived from what a caller se
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
@@ -168,8 +169,8 @@ class CallWrites:
             self._session.add(row)
         row.at, row.user_text, row.assistant_text = at, user_text, assistant_text
         row.interrupted = interrupted
-        for name in ("voice_to_voice", "endpointing", "stt", "llm_ttft", "tts_ttfb", "server"):
-            setattr(row, name, None if latency is None else getattr(latency, name))
+        for stage in fields(TurnLatency):  # CallTurnRow has a column per stage
+            setattr(row, stage.name, None if latency is None else getattr(latency, stage.name))
 
     async def add_event(
         self,

@@ -418,7 +418,9 @@ const LANES = [
   ["STT", "seg-stt", () => 0, (l) => l.stt],
   ["LLM", "seg-llm", (l) => l.endpointing, (l) => l.llm],
   ["TTS", "seg-tts", (l) => l.endpointing + l.llm, (l) => l.tts],
-  ["server", "seg-server", (l) => l.endpointing + l.llm + l.tts, (l) => l.server],
+  // held: the reply's audio was ready but waited out stopSpeakingPlan.backoffSeconds
+  ["held", "seg-held", (l) => l.endpointing + l.llm + l.tts, (l) => l.held ?? 0],
+  ["server", "seg-server", (l) => l.endpointing + l.llm + l.tts + (l.held ?? 0), (l) => l.server],
 ];
 
 function drawWaterfall(container, turns) {

@@ -76,6 +76,8 @@ async def test_a_call_with_a_barge_in_shows_in_metrics(
         before = await scrape(base)
         assert value(before, "ava_active_calls") == 0
         assert value(before, "ava_turn_latency_seconds_count", stage="voice_to_voice") == 0
+        # every stage is exported (at zero) before the first turn, held too
+        assert ("ava_turn_latency_seconds_count", frozenset({("stage", "held")})) in before
 
         call = asyncio.create_task(
             place_call(base, CallScript([SPEECH, SPEECH], barge_in_after=1.5))
@@ -97,7 +99,8 @@ async def test_a_call_with_a_barge_in_shows_in_metrics(
     # Every turn's latencies, as the call record has them, are in the histograms.
     latencies = [t["latency"] for t in record["turns"] if "latency" in t]
     assert len(latencies) >= 2
-    for stage in ("voice_to_voice", "endpointing", "stt", "llm_ttft", "tts_ttfb", "server"):
+    stages = ("voice_to_voice", "endpointing", "stt", "llm_ttft", "tts_ttfb", "server", "held")
+    for stage in stages:
         count = value(after, "ava_turn_latency_seconds_count", stage=stage)
         total = value(after, "ava_turn_latency_seconds_sum", stage=stage)
         assert count == len(latencies), stage
@@ -194,8 +197,9 @@ async def test_metrics_are_refused_outside_dev_mode_without_a_token(
 def test_sink_files_each_event() -> None:
     metrics = Metrics(live_calls=lambda: 3)
     latency = TurnLatency(
-        voice_to_voice=0.9, endpointing=0.6, stt=0.55, llm_ttft=0.2, tts_ttfb=0.097, server=0.003
-    )
+        voice_to_voice=1.3, endpointing=0.6, stt=0.55, llm_ttft=0.2, tts_ttfb=0.097, server=0.003,
+        held=0.4,
+    )  # fmt: skip
     metrics.emit(CallStarted("c1", 0.0, 0.0, "twilio", "Demo"))
     metrics.emit(TurnCompleted("c1", 1.0, 1, "hi", "hello", False, latency))
     metrics.emit(TurnCompleted("c1", 2.0, 2, "stop", "hel", True, None))
@@ -222,6 +226,9 @@ def test_sink_files_each_event() -> None:
     assert value(samples, "ava_turn_latency_seconds_bucket", stage="tts_ttfb", le="0.075") == 0
     assert value(samples, "ava_turn_latency_seconds_bucket", stage="tts_ttfb", le="0.1") == 1
     assert value(samples, "ava_turn_latency_seconds_bucket", stage="voice_to_voice", le="5.0") == 1
+    # The backoff a reply waited out is its own stage, not server time.
+    assert value(samples, "ava_turn_latency_seconds_bucket", stage="held", le="0.3") == 0
+    assert value(samples, "ava_turn_latency_seconds_bucket", stage="held", le="0.4") == 1
 
 
 def test_each_app_has_its_own_registry() -> None:

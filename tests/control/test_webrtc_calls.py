@@ -210,6 +210,7 @@ async def test_a_dev_mode_browser_call(tmp_path: Path, assistant_file: Assistant
         # (frames can arrive in a burst), so the wall-clock wait may come in a little under.
         assert latency["voiceToVoice"] >= latency["endpointing"] >= 150
         assert 0 <= latency["server"] < 50
+        assert latency["held"] == 0  # no barge-in, so no backoff held the reply
 
         peer.hang_up()
         ended = await peer.wait_type("call-ended")

@@ -7,16 +7,19 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.calls import CallStore, to_vapi
 from storage.orphans import NODE_DIED_REASON, OrphanStore
+from storage.tables import CallTurnRow
 from storage.tenants import TenantStore
 from voice.events import TurnLatency
 
 LATENCY = TurnLatency(
-    voice_to_voice=0.8, endpointing=0.3, stt=0.12, llm_ttft=0.25, tts_ttfb=0.2, server=0.05
-)
+    voice_to_voice=1.2, endpointing=0.3, stt=0.12, llm_ttft=0.25, tts_ttfb=0.2, server=0.05,
+    held=0.4,
+)  # fmt: skip
 
 
 async def two_tenants(tenants: TenantStore) -> tuple[str, str]:
@@ -153,13 +156,34 @@ async def test_records_messages_turns_events_and_vapi_shape(calls: CallStore) ->
             "voiceLatency": 200,
             "transcriberLatency": 120,
             "endpointingLatency": 300,
-            "turnLatency": 800,
+            "turnLatency": 1200,
             "serverLatency": 50,
+            "heldLatency": 400,
         }
     ]
-    assert metrics["turnLatencyAverage"] == 800
+    assert metrics["turnLatencyAverage"] == 1200
+    assert metrics["heldLatencyAverage"] == 400
     assert metrics["numUserInterrupted"] == 1
     assert vapi["costs"] == [] and vapi["cost"] == 0
+
+
+async def test_a_turn_recorded_before_held_was_stored_reads_held_0(
+    calls: CallStore, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    call = await calls.create_call(None, type="webCall", status="in-progress")
+    await calls.add_turn(
+        call.id, index=0, at=1.0, user_text="hi", assistant_text="hello", interrupted=False,
+        latency=LATENCY,
+    )  # fmt: skip
+    async with sessions.begin() as session:  # what migration 0009 leaves on an older turn
+        await session.execute(update(CallTurnRow).values(held=None))
+    got = await calls.get_call(None, call.id)
+    assert got is not None
+    latency = got.turns[0].latency
+    assert latency is not None and latency.held == 0.0
+    assert latency.server == LATENCY.server and latency.voice_to_voice == LATENCY.voice_to_voice
+    turn = to_vapi(got)["artifact"]["performanceMetrics"]["turnLatencies"][0]
+    assert turn["heldLatency"] == 0 and turn["turnLatency"] == 1200
 
 
 async def test_tool_messages_map_to_vapi_roles(calls: CallStore) -> None:

@@ -32,8 +32,13 @@ from voice.ports import EventSink
 from voice.types import EndedReason
 
 LATENCY = TurnLatency(
-    voice_to_voice=0.7, endpointing=0.25, stt=0.1, llm_ttft=0.2, tts_ttfb=0.15, server=0.02
-)
+    voice_to_voice=0.7, endpointing=0.25, stt=0.1, llm_ttft=0.2, tts_ttfb=0.15, server=0.02,
+    held=0.0,
+)  # fmt: skip
+HELD = TurnLatency(  # the reply after a barge-in waited out stopSpeakingPlan.backoffSeconds
+    voice_to_voice=1.7, endpointing=0.25, stt=0.1, llm_ttft=0.2, tts_ttfb=0.15, server=0.02,
+    held=1.0,
+)  # fmt: skip
 
 
 def a_call(call_id: str, **metadata: str) -> list[CallEvent]:
@@ -49,7 +54,7 @@ def a_call(call_id: str, **metadata: str) -> list[CallEvent]:
         ProviderFailed(call_id, 5.2, "llm", "openai", "HTTP 503", retryable=True),
         MessageAdded(call_id, 5.9, "bot", "Great, four", duration=0.5, interrupted=True),
         BargeIn(call_id, 6.4, onset=6.2, heard_text="Great, four"),
-        TurnCompleted(call_id, 5.9, 1, "Four", "Great, four", True, LATENCY),
+        TurnCompleted(call_id, 5.9, 1, "Four", "Great, four", True, HELD),
         CallEnded(call_id, 8.0, EndedReason.CUSTOMER_ENDED_CALL, "caller hung up"),
     ]
 
@@ -94,7 +99,10 @@ async def test_a_call_is_recorded_as_vapi_json(calls: CallStore, tenants: Tenant
     assert messages[1]["duration"] == 1100 and messages[4]["interrupted"] is True
     assert messages[1]["time"] - messages[0]["time"] == 2400  # epoch ms from the call's start
     metrics = vapi["artifact"]["performanceMetrics"]
-    assert [t["turnLatency"] for t in metrics["turnLatencies"]] == [700, 700]
+    assert [t["turnLatency"] for t in metrics["turnLatencies"]] == [700, 1700]
+    assert [t["heldLatency"] for t in metrics["turnLatencies"]] == [0, 1000]
+    assert metrics["heldLatencyAverage"] == 500
+    assert [t.latency for t in call.turns] == [LATENCY, HELD]
     assert metrics["numUserInterrupted"] == 1
     assert [e.kind for e in call.events] == ["provider-failed", "barge-in"]
     assert call.events[0].data["provider"] == "openai"
