@@ -41,6 +41,7 @@ class ReplyTimings:
     held_until: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0  # part of prompt_tokens
 
 
 @dataclass(eq=False)
@@ -169,6 +170,8 @@ class Reply:
             self.timings.prompt_tokens += delta.prompt_tokens
         if delta.completion_tokens is not None:
             self.timings.completion_tokens += delta.completion_tokens
+        if delta.cached_prompt_tokens is not None:
+            self.timings.cached_prompt_tokens += delta.cached_prompt_tokens
         return tuple(delta.tool_calls or ())
 
     def _hand(self, feed: TextFeed, words: str) -> None:

@@ -28,7 +28,12 @@ class ReplyRecorder:
         self.history = history
         self._emit = emit
         # for the end-of-call report's costs: replies that were played, or heard in part
-        self.usage = {"promptTokens": 0, "completionTokens": 0, "characters": 0}
+        self.usage = {
+            "promptTokens": 0,
+            "cachedPromptTokens": 0,  # part of promptTokens, priced at the cached rate
+            "completionTokens": 0,
+            "characters": 0,
+        }
 
     def record(
         self,
@@ -42,6 +47,7 @@ class ReplyRecorder:
         """Returns what the caller heard. `at`: seconds since the call started."""
         reply = playing.reply
         self.usage["promptTokens"] += reply.timings.prompt_tokens
+        self.usage["cachedPromptTokens"] += reply.timings.cached_prompt_tokens
         self.usage["completionTokens"] += reply.timings.completion_tokens
         self.usage["characters"] += len(reply.spoken_text)
         if interrupted:

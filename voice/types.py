@@ -36,6 +36,8 @@ class EndedReason(StrEnum):
     CUSTOMER_ENDED_CALL = "customer-ended-call"
     ASSISTANT_ENDED_CALL = "assistant-ended-call"
     ASSISTANT_FORWARDED_CALL = "assistant-forwarded-call"
+    # a `call.ending` hook transferred the call instead of hanging up (voice.ending_hooks)
+    CALL_ENDING_HOOK_EXECUTED_TRANSFER = "call.ending.hook-executed-transfer"
     ASSISTANT_SAID_END_CALL_PHRASE = "assistant-said-end-call-phrase"
     MANUALLY_CANCELED = "manually-canceled"  # ended through the control API
     VOICEMAIL = "voicemail"  # an answering machine took the call (voicemailDetection)
@@ -78,12 +80,16 @@ class ToolCall:
 
 @dataclass(frozen=True, slots=True)
 class LlmDelta:
-    """A piece of a streamed model reply: text, completed tool calls, or final usage."""
+    """A piece of a streamed model reply: text, completed tool calls, or final usage.
+
+    `cached_prompt_tokens` is the part of `prompt_tokens` the provider served from its prompt
+    cache (billed at the cached price); None when the provider did not say."""
 
     text: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_prompt_tokens: int | None = None
 
 
 @dataclass(slots=True)

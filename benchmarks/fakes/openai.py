@@ -15,17 +15,24 @@ clause has 8+ words, as a real assistant's has, so a pipeline that waits for a w
 before speaking pays for it here as it would in service. `tokens="subwords"` streams text the way
 OpenAI's tokenizer cuts it (common short words whole with their leading space, longer words in
 3-5 character pieces, punctuation on its own) instead of one word per delta.
+
+Prompt caching as OpenAI applies it: a prompt that begins with 1024 or more tokens an earlier
+request to the same fake also began with (same model and tools, same messages up to there)
+reports them as `prompt_tokens_details.cached_tokens`, counted in whole 128-token blocks; any
+other prompt reports 0. Tokens are the fake's usual count (the words of each message's content).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -42,6 +49,7 @@ __all__ = [
     "FakeToolCall",
     "OpenAiFake",
     "OpenAiFakeConfig",
+    "PromptCache",
     "Reply",
     "echo_reply",
     "first_clause",
@@ -50,6 +58,12 @@ __all__ = [
 ]
 
 SPEECH_RATE = 24_000
+# OpenAI's prompt caching: prefixes from 1024 tokens, in 128-token increments.
+CACHE_MIN_TOKENS = 1024
+CACHE_BLOCK_TOKENS = 128
+# Prefix digests the fake remembers (least recently used go first): a few MB however long a
+# benchmark runs, where the real cache also forgets after minutes.
+_CACHE_PREFIXES = 16_384
 
 
 @dataclass(frozen=True)
@@ -147,6 +161,7 @@ class OpenAiFake:
     unauthorized: int = 0
 
     def __post_init__(self) -> None:
+        self._prompt_cache = PromptCache()
         self._chat_faults = FaultSwitch()
         self._speech_faults = FaultSwitch()
         self.app = Starlette(
@@ -183,12 +198,15 @@ class OpenAiFake:
             return _fault_error(REJECT_STATUS[fault])
         reply = self.config.reply(list(body.get("messages", [])))
         self.replies.append(_reply_text(reply))
+        cached = self._prompt_cache.admit(body)  # a prompt read in is cached, answered or not
         if not body.get("stream"):
             return JSONResponse(_completion(body, reply))
-        return StreamingResponse(self._chunks(body, reply, fault), media_type="text/event-stream")
+        return StreamingResponse(
+            self._chunks(body, reply, fault, cached), media_type="text/event-stream"
+        )
 
     async def _chunks(
-        self, body: dict[str, Any], reply: Reply, fault: Fault | None
+        self, body: dict[str, Any], reply: Reply, fault: Fault | None, cached: int
     ) -> AsyncIterator[bytes]:
         cfg = self.config
         base = {
@@ -246,6 +264,7 @@ class OpenAiFake:
                 "prompt_tokens": prompt,
                 "completion_tokens": len(pieces),
                 "total_tokens": prompt + len(pieces),
+                "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
                 "completion_tokens_details": {"reasoning_tokens": 0},
             }
             yield event([], usage=usage)
@@ -292,6 +311,56 @@ class OpenAiFake:
             self.speech_bytes_sent[index] += len(piece)
             yield piece
             await asyncio.sleep(len(piece) / 2 / SPEECH_RATE / cfg.speech_realtime_factor)
+
+
+class PromptCache:
+    """Which prompt prefixes earlier requests began with, as digests at each block boundary."""
+
+    def __init__(self, capacity: int = _CACHE_PREFIXES) -> None:
+        self.capacity = capacity
+        self._prefixes: OrderedDict[bytes, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._prefixes)
+
+    def admit(self, body: Mapping[str, Any]) -> int:
+        """The tokens of this request's prompt served from the cache; its prefixes are then
+        cached for the requests after it."""
+        cached = 0
+        for tokens, digest in _prefix_digests(body):
+            if digest in self._prefixes:
+                cached = tokens
+            self._prefixes[digest] = None
+            self._prefixes.move_to_end(digest)
+        while len(self._prefixes) > self.capacity:
+            self._prefixes.popitem(last=False)
+        return cached
+
+
+def _prefix_digests(body: Mapping[str, Any]) -> Iterator[tuple[int, bytes]]:
+    """(n, digest of the prompt's first n tokens) for every cacheable n: 1024, 1152, …
+
+    The digest covers what makes two prompts the same up to there though the fake does not count
+    it as tokens: the model and tools (a cache is per model, and tools lead the prompt) and each
+    message's role, tool calls and tool_call_id."""
+    messages = body.get("messages") or ()
+    if sum(len(str(m.get("content") or "").split()) for m in messages) < CACHE_MIN_TOKENS:
+        return  # the usual short prompt: nothing to hash
+    digest = hashlib.blake2b(digest_size=16)
+
+    def add(text: str) -> None:
+        data = text.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "big") + data)  # length first: no two splits alike
+
+    add(json.dumps([body.get("model"), body.get("tools")], sort_keys=True, default=str))
+    tokens = 0
+    for message in messages:
+        add(json.dumps({k: v for k, v in message.items() if k != "content"}, sort_keys=True))
+        for word in str(message.get("content") or "").split():
+            add(word)
+            tokens += 1
+            if tokens >= CACHE_MIN_TOKENS and tokens % CACHE_BLOCK_TOKENS == 0:
+                yield tokens, digest.copy().digest()
 
 
 def _reply_text(reply: Reply) -> str:

@@ -4,6 +4,7 @@ price file is checked at startup."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from datetime import UTC, datetime
@@ -13,12 +14,16 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from benchmarks.fakes.openai import OpenAiFake, OpenAiFakeConfig
+from benchmarks.fakes.server import serve as serve_fake
 from control.app import create_app
 from control.stores import open_stores
 from media.twilio.caller import CallScript, place_call
 from storage import CallRecord, to_vapi
 from tests.conftest import AssistantFactory, ScriptedEngines, serve, settings_for
 from tests.control.webhook_receiver import receiver, sdk_parse
+from voice.providers.openai_llm import OpenAiLlm
+from voice.session import Engines
 from voice.testing import tone_ulaw
 
 pytestmark = pytest.mark.timeout(60)
@@ -82,6 +87,53 @@ async def test_the_report_and_the_stored_call_carry_the_same_priced_costs(
     assert stored["costs"] == report["costs"]
     assert stored["costBreakdown"] == breakdown and stored["cost"] == report["cost"]
     assert not any(e.kind == "summary" and "costs" in e.data for e in record.events)
+
+
+class OpenAiEngines(ScriptedEngines):
+    """Scripted speech in and out; the model is the real OpenAI adapter."""
+
+    def __init__(self, stt_texts: list[str], llm: OpenAiLlm) -> None:
+        super().__init__(stt_texts, [])
+        self.openai = llm
+
+    def for_assistant(self, *args: Any, **kwargs: Any) -> Engines:
+        return dataclasses.replace(super().for_assistant(*args, **kwargs), llm=self.openai)
+
+
+async def test_cached_prompt_tokens_from_openai_are_priced_at_the_cached_rate(
+    tmp_path: Path, assistant_file: AssistantFactory
+) -> None:
+    # The real OpenAI adapter against the loopback fake, which caches prompts as OpenAI does:
+    # a 1500-token system prompt is cached from the second request on (1408 tokens, whole
+    # 128-token blocks), and what it reports is what the call is billed for.
+    system = {"role": "system", "content": " ".join(f"rule{i}" for i in range(1500))}
+    cloud = {**CLOUD, "model": {**CLOUD["model"], "messages": [system]}}
+    fake = OpenAiFake(OpenAiFakeConfig(api_key="sk-test", first_token_latency=0.02))
+    async with serve_fake(fake.app) as fake_base, receiver() as hooks:
+        llm = OpenAiLlm("sk-test", base_url=f"{fake_base}/v1", model="gpt-4o-mini")
+        engines = OpenAiEngines(["What time do you open?", "Where are you?"], llm)
+        path = assistant_file(server=hooks.server(), serverMessages=["end-of-call-report"], **cloud)
+        settings = settings_for(path, tmp_path)
+        try:
+            async with serve(create_app(settings, engines=engines)) as base:
+                speech = tone_ulaw(0.8, frequency=300.0)
+                call = await place_call(base, CallScript([speech, speech]))
+                assert call.error is None, call.error
+                report = await hooks.wait_for(lambda m: m["type"] == "end-of-call-report")
+        finally:
+            await llm.aclose()
+    assert len(call.turns) == 2
+    model = next(c for c in report["costs"] if c["type"] == "model")
+    prompt, cached = model["promptTokens"], model["cachedPromptTokens"]
+    # At least the second turn's system prompt came from the cache; every count is whole blocks.
+    assert prompt > 3000 and 1408 <= cached < prompt and cached % 128 == 0
+    assert model["cost"] == pytest.approx(
+        (prompt - cached) * 0.15e-6 + cached * 0.075e-6 + model["completionTokens"] * 0.6e-6,
+        abs=1e-6,  # costs are rounded to a millionth of a dollar; the discount is ~1e-4
+    )
+    assert model["cost"] < (prompt * 0.15e-6 + model["completionTokens"] * 0.6e-6)
+    assert report["costBreakdown"]["llmCachedPromptTokens"] == cached
+    assert report["costBreakdown"]["llmPromptTokens"] == prompt
 
 
 def test_a_call_ended_without_its_session_reads_with_no_costs() -> None:

@@ -1,4 +1,5 @@
-"""OpenAiLlm against the loopback OpenAI fake: streamed text, parallel tool calls, usage, faults."""
+"""OpenAiLlm against the loopback OpenAI fake: streamed text, parallel tool calls, usage (prompt
+caching's cached tokens too, and compatible servers that garble them), faults."""
 
 from __future__ import annotations
 
@@ -9,8 +10,18 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-from benchmarks.fakes.openai import FakeToolCall, OpenAiFake, OpenAiFakeConfig, Reply
+from benchmarks.fakes.openai import (
+    FakeToolCall,
+    OpenAiFake,
+    OpenAiFakeConfig,
+    PromptCache,
+    Reply,
+)
 from benchmarks.fakes.server import Fault, serve
 from voice.errors import ProviderError, ProviderProtocolError, ProviderTimeout
 from voice.providers.openai_llm import OpenAiLlm
@@ -159,3 +170,107 @@ async def test_closing_the_stream_early_releases_the_request() -> None:
             await stream.aclose()  # barge-in
             await llm.aclose()
     assert first.text == "word"
+
+
+# OpenAI caches a prompt's prefix from 1024 tokens on, in 128-token blocks; the fake's tokens
+# are the words of each message.
+LONG_PROMPT = " ".join(f"rule{i}" for i in range(1500))
+
+
+async def test_a_long_prompt_sent_again_reports_its_cached_prefix() -> None:
+    system = ChatMessage("system", LONG_PROMPT)
+    async with openai_llm(tokens_per_second=500) as (fake, base):
+        usages = []
+        for question in ("Weather in NYC?", "And in Boston?", "Weather in NYC?"):
+            llm = OpenAiLlm(KEY, base_url=base)
+            deltas = [d for _, d in await run(llm, [system, ChatMessage("user", question)])]
+            usages.append(deltas[-1])
+        short = [d for _, d in await run(OpenAiLlm(KEY, base_url=base), CONVERSATION[:2])]
+        short_again = [d for _, d in await run(OpenAiLlm(KEY, base_url=base), CONVERSATION[:2])]
+    # The first request had nothing cached; the second shares the system prompt (1500 tokens:
+    # 11 whole blocks, 1408); the third repeats the first whole (1503: 1408 again, as the last
+    # partial block is never cached).
+    assert [u.prompt_tokens for u in usages] == [1503, 1503, 1503]
+    assert [u.cached_prompt_tokens for u in usages] == [0, 1408, 1408]
+    assert short[-1].cached_prompt_tokens == short_again[-1].cached_prompt_tokens == 0
+    assert len(fake.chat_requests) == 5
+
+
+async def test_a_changed_model_or_tool_list_misses_the_cache() -> None:
+    messages = [ChatMessage("system", LONG_PROMPT), ChatMessage("user", "Hi")]
+    async with openai_llm(tokens_per_second=500) as (_, base):
+        cached = []
+        for model, tools in (("gpt-a", None), ("gpt-b", None), ("gpt-a", [WEATHER_TOOL])):
+            llm = OpenAiLlm(KEY, base_url=base, model=model, tools=tools)
+            cached.append([d for _, d in await run(llm, messages)][-1].cached_prompt_tokens)
+        again = OpenAiLlm(KEY, base_url=base, model="gpt-a")
+        cached.append([d for _, d in await run(again, messages)][-1].cached_prompt_tokens)
+    assert cached == [0, 0, 0, 1408]
+
+
+def test_the_fakes_prompt_cache_stays_bounded() -> None:
+    cache = PromptCache(capacity=16)
+    for n in range(10):
+        body = {"model": "m", "messages": [{"role": "user", "content": f"{n} {LONG_PROMPT}"}]}
+        assert cache.admit(body) == 0
+        assert len(cache) <= 16
+    # the first prompt's blocks were forgotten, the last one's are remembered
+    first = {"model": "m", "messages": [{"role": "user", "content": f"0 {LONG_PROMPT}"}]}
+    last = {"model": "m", "messages": [{"role": "user", "content": f"9 {LONG_PROMPT}"}]}
+    assert cache.admit(first) == 0
+    assert cache.admit(last) == 1408
+
+
+MISSING = object()
+
+
+def usage_stream(details: Any) -> bytes:
+    """A whole stream from an OpenAI-compatible server whose usage chunk carries `details` as
+    `prompt_tokens_details` (`MISSING`: no such key)."""
+    usage: dict[str, Any] = {"prompt_tokens": 40, "completion_tokens": 2, "total_tokens": 42}
+    if details is not MISSING:
+        usage["prompt_tokens_details"] = details
+    chunks: list[dict[str, Any]] = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}]},
+        {"choices": [{"index": 0, "delta": {"content": "!"}, "finish_reason": "stop"}]},
+        {"choices": [], "usage": usage},
+    ]
+    head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "compatible"}
+    events = [f"data: {json.dumps({**head, **chunk})}\n\n" for chunk in chunks]
+    return ("".join(events) + "data: [DONE]\n\n").encode()
+
+
+@pytest.mark.parametrize(
+    ("details", "cached"),
+    [
+        (MISSING, None),  # vLLM, llama.cpp and others leave it out
+        (None, None),
+        ({}, None),
+        ({"cached_tokens": None}, None),
+        ({"cached_tokens": 0, "audio_tokens": 0}, 0),
+        ({"cached_tokens": 32}, 32),
+        ({"cached_tokens": 4096}, 40),  # more than the prompt: clamped to it
+        ({"cached_tokens": -3}, None),
+        ({"cached_tokens": "32"}, None),
+        ({"cached_tokens": 3.5}, None),
+        ({"cached_tokens": True}, None),
+        ({"cached_tokens": [32]}, None),
+        ("garbage", None),
+        ([{"cached_tokens": 32}], None),
+    ],
+)
+async def test_a_compatible_servers_cached_count_is_read_defensively(
+    details: Any, cached: int | None
+) -> None:
+    body = usage_stream(details)
+
+    async def chat(_: Request) -> Response:
+        return Response(body, media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    async with serve(app) as base, asyncio.timeout(10):
+        deltas = [d for _, d in await run(OpenAiLlm(KEY, base_url=f"{base}/v1"), CONVERSATION)]
+    assert "".join(d.text for d in deltas) == "Hi!"  # the reply stands whatever the usage says
+    usage = deltas[-1]
+    assert (usage.prompt_tokens, usage.completion_tokens) == (40, 2)
+    assert usage.cached_prompt_tokens == cached

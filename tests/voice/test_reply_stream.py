@@ -15,6 +15,7 @@ import pytest
 
 from benchmarks.fakes.elevenlabs import ElevenLabsFake, ElevenLabsFakeConfig
 from benchmarks.fakes.server import Fault, serve, ws_url
+from media.pacing import PlayoutTracker
 from voice.assistant import Assistant
 from voice.breaker import BreakerBoard
 from voice.chunking import PhraseChunker
@@ -23,9 +24,11 @@ from voice.errors import ProviderError
 from voice.events import CallEvent
 from voice.fallback import FallbackTts, candidates
 from voice.history import Conversation
+from voice.playout import Playing
 from voice.ports import TextToSpeech
 from voice.providers.elevenlabs import ElevenLabsTts
 from voice.reply import Reply
+from voice.reply_record import ReplyRecorder
 from voice.tool_turns import ToolTurns
 from voice.types import (
     SAMPLE_RATE,
@@ -70,9 +73,10 @@ class Llm:
         calls: Sequence[ToolCall] = (),
         per_token: float = 0.0,
         fail_after: int | None = None,
+        cached: int | None = None,
     ) -> None:
         self.text, self.gate, self.calls = text, gate, tuple(calls)
-        self.per_token, self.fail_after = per_token, fail_after
+        self.per_token, self.fail_after, self.cached = per_token, fail_after, cached
         self.finished_at: float | None = None
         self.closed = False
 
@@ -88,7 +92,11 @@ class Llm:
                 yield LlmDelta(text=token)
             if self.calls:
                 yield LlmDelta(tool_calls=self.calls)
-            yield LlmDelta(prompt_tokens=12, completion_tokens=len(tokens(self.text)))
+            yield LlmDelta(
+                prompt_tokens=12,
+                completion_tokens=len(tokens(self.text)),
+                cached_prompt_tokens=self.cached,
+            )
             self.finished_at = asyncio.get_running_loop().time()
         finally:
             self.closed = True
@@ -316,3 +324,34 @@ async def test_a_tool_round_streams_its_words_then_ends_the_call() -> None:
     assert context.spoken == said + " " and context.generations[0].trigger == "flush"
     assert reply.spoken_text == said and reply.used_tools
     assert [w.word for w in reply.words] == said.split()
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+async def test_usage_of_every_round_adds_up_cached_prompt_tokens_included(
+    streaming: bool,
+) -> None:
+    # A tool round then the answer: both requests' usage is the reply's; a provider that does
+    # not say what it cached (None) adds nothing. The recorder sums replies into the call's.
+    assistant = Assistant.model_validate({"model": {"provider": "local"}})
+    recorder = ReplyRecorder("call_1", Conversation(assistant.model), lambda _event: None)
+    rounds = [Llm("Let me check.", cached=8), Llm("It ships today.", cached=4), Llm("Bye.")]
+    replies = []
+    async with elevenlabs() as (_, tts), asyncio.timeout(10):
+        for index, llms in enumerate([rounds[:2], rounds[2:]]):
+            reply = Reply(index, "where is my order?", MonotonicClock())
+            drained = asyncio.create_task(drain(reply))
+            for llm in llms:
+                await reply.produce_round(llm, tts if streaming else ClauseTts(), MESSAGES)
+            await reply.finish()
+            await drained
+            replies.append(reply)
+    first, second = (r.timings for r in replies)
+    assert (first.prompt_tokens, first.cached_prompt_tokens) == (24, 12)
+    assert (second.prompt_tokens, second.cached_prompt_tokens) == (12, 0)
+    for reply in replies:
+        recorder.record(
+            Playing(reply, PlayoutTracker()), interrupted=False, now=0.0, at=0.0, commit=None
+        )
+    assert recorder.usage["promptTokens"] == 36
+    assert recorder.usage["cachedPromptTokens"] == 12
+    assert recorder.usage["completionTokens"] == sum(len(tokens(llm.text)) for llm in rounds)

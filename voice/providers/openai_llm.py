@@ -2,7 +2,8 @@
 
 Wire format: protocols.md §4.1. Text deltas are yielded as they arrive; tool calls stream as
 fragments keyed by `index` and are yielded once, complete, when the choice finishes; the usage
-chunk (`stream_options.include_usage`) becomes a last `LlmDelta` with token counts.
+chunk (`stream_options.include_usage`) becomes a last `LlmDelta` with token counts, the prompt
+tokens OpenAI served from its prompt cache (`prompt_tokens_details.cached_tokens`) among them.
 
 The SDK's own retries are off (`max_retries=0`): the session owns retry and fallback, and a
 silent SDK retry would spend the caller's latency budget without anyone deciding to.
@@ -175,15 +176,31 @@ class OpenAiLlm:
                         calls.clear()
             usage = chunk.get("usage")
             if usage is not None:
+                prompt = int(usage["prompt_tokens"])
                 deltas.append(
                     LlmDelta(
-                        prompt_tokens=int(usage["prompt_tokens"]),
+                        prompt_tokens=prompt,
                         completion_tokens=int(usage["completion_tokens"]),
+                        cached_prompt_tokens=self._cached_tokens(usage, prompt),
                     )
                 )
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ProviderProtocolError(self.name, f"malformed chunk: {exc!r}") from exc
         return deltas, finished
+
+    def _cached_tokens(self, usage: Mapping[str, Any], prompt: int) -> int | None:
+        """`prompt_tokens_details.cached_tokens`: None when the server did not say (compatible
+        servers omit the details or send null). A count no cache could produce is the server's
+        bug and costs only the discount, never the reply: garbage or a negative is ignored, more
+        than the prompt is clamped to it."""
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
+        if cached is None:
+            return None
+        if isinstance(cached, bool) or not isinstance(cached, int) or cached < 0:
+            log.debug("%s: unusable cached_tokens %.40r", self.name, cached)
+            return None
+        return min(cached, max(prompt, 0))
 
     def _complete(self, calls: dict[int, _PartialCall]) -> tuple[ToolCall, ...]:
         done: list[ToolCall] = []
