@@ -52,11 +52,11 @@ from benchmarks.server import ServerProcess, free_port, run_server
 from control.settings import Settings
 from control.stores import Stores, open_stores
 from media.g711 import ulaw_silence
-from media.twilio.caller import parse_twiml
 from media.twilio.phone import PhoneLine
 from media.twilio.signature import compute_signature
 from storage import TwilioCredentials, upgrade
 from tests.conftest import reachable_redis
+from tests.control.twilio_phone import open_twiml_stream
 from tests.storage.conftest import postgres_database
 from tests.test_deployment_manifests import local_nginx_conf, nginx_binary
 from voice.engines.synthesize import synthesize_ulaw
@@ -566,14 +566,9 @@ async def twilio_leg(
     async with httpx.AsyncClient(timeout=10) as http:
         target = f"{first_hop}/twilio/voice" if first_hop else webhook
         answers = await twilio_answers(http, webhook, form, target)
-    stream = parse_twiml(answers[-1])
-    headers = {"X-Twilio-Signature": compute_signature(AUTH_TOKEN, stream.url, {})}
-    line = PhoneLine(call_sid=sid, account_sid=ACCOUNT, custom_parameters=stream.parameters)
-    async with websockets.connect(stream.url, additional_headers=headers) as ws:
+    stream = open_twiml_stream(answers[-1], sid, token=AUTH_TOKEN, account_sid=ACCOUNT)
+    async with stream as (ws, line):
         leg = Leg(sid, answers, line, ws)
-        loop = asyncio.get_running_loop()
-        await ws.send(line.connected(loop.time()))
-        await ws.send(line.start(loop.time()))
         tasks = [asyncio.create_task(leg.talk()), asyncio.create_task(leg.hear())]
         try:
             yield leg

@@ -7,16 +7,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-import websockets
 
 from benchmarks.fakes.server import serve
 from benchmarks.fakes.twilio_rest import FakeTwilioRest, FakeTwilioRestConfig
 from control.twilio_routes import NO_ASSISTANT_SAY, UNKNOWN_NUMBER_SAY
 from media.twilio.caller import CallScript, parse_twiml, place_call
-from media.twilio.phone import PhoneLine
 from media.twilio.signature import compute_signature
 from tests.conftest import AssistantFactory, ScriptedEngines
 from tests.control.conftest import ASSISTANT, AUTH_TOKEN, NUMBER, Api, api_app, running_api
+from tests.control.twilio_phone import open_twiml_stream
 from voice.testing import tone_ulaw
 
 pytestmark = pytest.mark.timeout(60)
@@ -97,15 +96,8 @@ async def test_number_without_assistant_is_told_so(api: Api) -> None:
 async def test_media_stream_must_be_signed_with_the_numbers_token(api: Api) -> None:
     await _number(api)
     signed = await _post(api, _form(), AUTH_TOKEN)
-    stream = parse_twiml(signed.text)
     for token in (None, "some-other-token"):
-        headers = {} if token is None else {
-            "X-Twilio-Signature": compute_signature(token, stream.url, {})
-        }  # fmt: skip
-        line = PhoneLine(call_sid=CALL_SID, custom_parameters=stream.parameters)
-        async with websockets.connect(stream.url, additional_headers=headers) as ws:
-            await ws.send(line.connected())
-            await ws.send(line.start(0.0))
+        async with open_twiml_stream(signed.text, CALL_SID, token=token) as (ws, _):
             await asyncio.wait_for(ws.wait_closed(), 5)
             assert ws.close_code == 1008
     assert api.app.state.calls.live == {}
@@ -115,12 +107,7 @@ async def test_deleted_assistant_ends_the_stream_with_a_server_error(api: Api) -
     number = await _number(api)
     signed = await _post(api, _form(), AUTH_TOKEN)
     assert (await api.a.delete(f"/assistant/{number['assistantId']}")).status_code == 200
-    stream = parse_twiml(signed.text)
-    line = PhoneLine(call_sid=CALL_SID, custom_parameters=stream.parameters)
-    headers = {"X-Twilio-Signature": compute_signature(AUTH_TOKEN, stream.url, {})}
-    async with websockets.connect(stream.url, additional_headers=headers) as ws:
-        await ws.send(line.connected())
-        await ws.send(line.start(0.0))
+    async with open_twiml_stream(signed.text, CALL_SID, token=AUTH_TOKEN) as (ws, _):
         await asyncio.wait_for(ws.wait_closed(), 5)
     record = api.app.state.calls.find(CALL_SID)
     assert record is not None

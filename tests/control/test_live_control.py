@@ -6,24 +6,20 @@ call that has ended."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import websockets
-from websockets.asyncio.client import ClientConnection
 
 from benchmarks.fakes.server import serve
 from benchmarks.fakes.twilio_rest import FakeTwilioRest, FakeTwilioRestConfig
 from control.control_commands import MAX_SAY_CHARS
-from media.twilio.caller import parse_twiml
 from media.twilio.phone import PhoneLine
-from media.twilio.signature import compute_signature
 from tests.conftest import AssistantFactory, ScriptedEngines
 from tests.control.conftest import ASSISTANT, AUTH_TOKEN, NUMBER, Api, api_app, running_api
+from tests.control.twilio_phone import answered
 from voice.types import ChatMessage
 
 pytestmark = pytest.mark.timeout(60)
@@ -54,28 +50,6 @@ class Live:
         return out
 
 
-async def _phone(ws: ClientConnection, line: PhoneLine) -> None:
-    """Twilio's side of the stream: plays what it is sent, echoes each mark once the audio
-    before it has played."""
-    loop = asyncio.get_running_loop()
-
-    async def echo() -> None:
-        while True:
-            for message in line.due_messages(loop.time()):
-                await ws.send(message)
-            due = line.next_due()
-            await asyncio.sleep(0.02 if due is None else max(0.0, due - loop.time()))
-
-    async with asyncio.TaskGroup() as tg:
-        echoes = tg.create_task(echo())
-        try:
-            async for text in ws:
-                assert isinstance(text, str)
-                line.receive_text(text, loop.time())
-        finally:
-            echoes.cancel()
-
-
 async def eventually(check: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
     """Another party (the server's call loop, the phone) makes `check` true; wait for it."""
     for _ in range(round(seconds / 0.02)):
@@ -104,23 +78,10 @@ async def live(
                 "customer": {"number": CUSTOMER},
             }
             call = (await api.a.post("/call", json=body)).json()
-            (sid,) = fake.calls
-            stream = parse_twiml(fake.calls[sid].twiml or "")
-            headers = {"X-Twilio-Signature": compute_signature(AUTH_TOKEN, stream.url, {})}
-            line = PhoneLine(call_sid=sid, custom_parameters=stream.parameters)
-            async with websockets.connect(stream.url, additional_headers=headers) as ws:
-                loop = asyncio.get_running_loop()
-                await ws.send(line.connected(loop.time()))
-                await ws.send(line.start(loop.time()))
-                phone = asyncio.create_task(_phone(ws, line))
-                try:
-                    await eventually(lambda: call["id"] in app.state.ava.calls.live, "live")
-                    await eventually(lambda: line.media_received > 0, "the greeting")
-                    yield Live(api, fake, engines, call["id"], sid, line)
-                finally:
-                    phone.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
-                        await phone
+            async with answered(fake, token=AUTH_TOKEN) as line:
+                await eventually(lambda: call["id"] in app.state.ava.calls.live, "live")
+                await eventually(lambda: line.media_received > 0, "the greeting")
+                yield Live(api, fake, engines, call["id"], line.call_sid, line)
 
 
 def _all_played(line: PhoneLine) -> bool:

@@ -15,16 +15,15 @@ from typing import Any
 
 import httpx
 import pytest
-import websockets
 
 from benchmarks.fakes.server import serve
 from benchmarks.fakes.twilio_rest import FakeTwilioRest, FakeTwilioRestConfig
 from control.assistant_request import FAILED_SAY
-from media.twilio.caller import CallReport, CallScript, _converse, parse_twiml, place_call
-from media.twilio.phone import PhoneLine
+from media.twilio.caller import CallReport, CallScript, _converse, place_call
 from media.twilio.signature import compute_signature
 from tests.conftest import AssistantFactory, ScriptedEngines
 from tests.control.conftest import ASSISTANT, AUTH_TOKEN, NUMBER, Api, api_app, running_api
+from tests.control.twilio_phone import placed_stream
 from tests.control.webhook_receiver import Answer, Receiver, receiver
 from voice.testing import tone_ulaw
 
@@ -93,12 +92,8 @@ async def _wait_ended(api: Api, call_id: str) -> dict[str, Any]:
 
 async def _answer(o: Outbound) -> CallReport:
     """The callee picks up the call Twilio placed and says one thing."""
-    (sid,) = o.twilio.calls
-    stream = parse_twiml(o.twilio.calls[sid].twiml or "")
-    headers = {"X-Twilio-Signature": compute_signature(AUTH_TOKEN, stream.url, {})}
-    line = PhoneLine(call_sid=sid, custom_parameters=stream.parameters)
-    report = CallReport(sid)
-    async with websockets.connect(stream.url, additional_headers=headers) as ws:
+    async with placed_stream(o.twilio, token=AUTH_TOKEN, start=False) as (ws, line):
+        report = CallReport(line.call_sid)
         await _converse(ws, line, CallScript([SPEECH], await_greeting=True), report)
     assert report.error is None, report.error
     return report
@@ -344,13 +339,7 @@ async def test_a_template_past_its_limits_ends_the_call_saying_which(outbound: O
     }
     body = _body(outbound, assistantOverrides=overrides)
     call = (await outbound.api.a.post("/call", json=body)).json()
-    (sid,) = outbound.twilio.calls
-    stream = parse_twiml(outbound.twilio.calls[sid].twiml or "")
-    headers = {"X-Twilio-Signature": compute_signature(AUTH_TOKEN, stream.url, {})}
-    line = PhoneLine(call_sid=sid, custom_parameters=stream.parameters)
-    async with websockets.connect(stream.url, additional_headers=headers) as ws:
-        await ws.send(line.connected())
-        await ws.send(line.start(0.0))
+    async with placed_stream(outbound.twilio, token=AUTH_TOKEN) as (ws, _):
         await asyncio.wait_for(ws.wait_closed(), 5)
     record = (await outbound.api.a.get(f"/call/{call['id']}")).json()
     assert record["status"] == "ended" and record["endedReason"] == "call.in-progress.error-server"

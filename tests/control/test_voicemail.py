@@ -5,7 +5,6 @@ a human answer changes nothing."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,16 +12,15 @@ from typing import Any
 
 import httpx
 import pytest
-import websockets
 
 from benchmarks.fakes.server import serve
 from benchmarks.fakes.twilio_rest import FakeTwilioRest, FakeTwilioRestConfig
-from media.twilio.caller import parse_twiml
 from media.twilio.phone import PhoneLine
 from media.twilio.signature import compute_signature
 from tests.conftest import AssistantFactory, ScriptedEngines
 from tests.control.conftest import ASSISTANT, AUTH_TOKEN, NUMBER, Api, api_app, running_api
-from tests.control.test_live_control import _phone, eventually
+from tests.control.test_live_control import eventually
+from tests.control.twilio_phone import answered
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,23 +75,10 @@ async def placed(
             assert response.status_code == 201, response.text
             call = response.json()
             (request,) = fake.requests
-            (sid,) = fake.calls
-            stream = parse_twiml(fake.calls[sid].twiml or "")
-            headers = {"X-Twilio-Signature": compute_signature(AUTH_TOKEN, stream.url, {})}
-            line = PhoneLine(call_sid=sid, custom_parameters=stream.parameters)
-            async with websockets.connect(stream.url, additional_headers=headers) as ws:
-                loop = asyncio.get_running_loop()
-                await ws.send(line.connected(loop.time()))
-                await ws.send(line.start(loop.time()))
-                phone = asyncio.create_task(_phone(ws, line))
-                try:
-                    await eventually(lambda: call["id"] in app.state.ava.calls.live, "live")
-                    amd_url = request.field("AsyncAmdStatusCallback") or ""
-                    yield Placed(api, fake, call["id"], sid, line, amd_url)
-                finally:
-                    phone.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
-                        await phone
+            async with answered(fake, token=AUTH_TOKEN) as line:
+                await eventually(lambda: call["id"] in app.state.ava.calls.live, "live")
+                amd_url = request.field("AsyncAmdStatusCallback") or ""
+                yield Placed(api, fake, call["id"], line.call_sid, line, amd_url)
 
 
 async def test_amd_is_asked_for_and_a_machine_gets_the_message_then_the_call_ends(
