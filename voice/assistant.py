@@ -46,6 +46,7 @@ from voice.egress import check_url_scheme
 from voice.errors import ConfigError
 from voice.json_bounds import MAX_DEPTH, JsonBounds, check_json
 from voice.notification_plan import NotificationPlan
+from voice.ports import TransferDestination
 from voice.variables import (
     TemplateError,
     builtin_variables,
@@ -371,14 +372,16 @@ class HookOptions(_Vapi):
 
 class HookAction(_Vapi):
     """What a hook does, of Vapi's actions the ones AVA runs: `say` exact words (one of them,
-    in turn), and a tool: `endCall` (after the words have been heard) for an idle hook, a
-    `function` tool (its server called once) for `call.ending`."""
+    in turn), a tool: `endCall` (after the words have been heard) for an idle hook, a
+    `function` tool (its server called once) for `call.ending`, and for `call.ending` a
+    `transfer` to a phone number (`destination`, as a `transferCall` tool's destinations)."""
 
-    type: Literal["say", "tool"]
+    type: Literal["say", "tool", "transfer"]
     exact: list[Annotated[str, Field(min_length=1, max_length=MAX_MESSAGE_CHARS)]] | None = Field(
         default=None, min_length=1, max_length=MAX_IDLE_MESSAGES
     )
     tool: dict[str, Any] | None = None
+    destination: dict[str, Any] | None = None
 
     @field_validator("exact", mode="before")
     @classmethod
@@ -404,6 +407,8 @@ class HookAction(_Vapi):
                 raise ValueError("say.prompt is not supported: give the words in say.exact")
             if not self.exact:
                 raise ValueError("say needs exact: the words to say")
+        elif self.type == "transfer":
+            _check_hook_destination(self.destination)
         elif self.tool is None or self.tool.get("type") not in ("endCall", "function"):
             raise ValueError(
                 "of the tools, a hook can only run {'type': 'endCall'} (customer.speech.timeout) "
@@ -415,6 +420,30 @@ class HookAction(_Vapi):
                 raise ValueError("a function tool needs function.name")
             check_tool(self.tool, "tool", templates=False)
         return self
+
+
+def _check_hook_destination(destination: dict[str, Any] | None) -> None:
+    """A hook's `transfer.destination`: a number, checked as `transferCall`'s destinations are;
+    the transfers AVA cannot make (SIP, another assistant, a warm transfer) are refused."""
+    if destination is None:
+        raise ValueError("transfer needs destination: {'type': 'number', 'number': '+1…'}")
+    kind = destination.get("type", "number")
+    if kind != "number":
+        raise ValueError(
+            f"transfer.destination type {kind!r} is not supported: AVA transfers a call to a "
+            "phone number only ({'type': 'number', 'number': '+1…'})"
+        )
+    plan = destination.get("transferPlan") or {}
+    mode = plan.get("mode", "blind-transfer") if isinstance(plan, Mapping) else plan
+    if mode != "blind-transfer":
+        raise ValueError(
+            f"transfer.destination.transferPlan.mode {mode!r} is not supported: a call.ending "
+            "transfer is blind"
+        )
+    try:
+        TransferDestination.from_vapi(destination, "destination")
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 MAX_HOOK_FILTERS = 4  # AVA's
@@ -441,8 +470,8 @@ class HookFilter(_Vapi):
 
 class Hook(_Vapi):
     """Vapi's `hooks` entry. AVA runs `customer.speech.timeout` (idle messages) and
-    `call.ending` (say a last line, call a tool; `filters` on the ended reason); other events
-    are refused rather than silently never fired."""
+    `call.ending` (say a last line, call a tool, transfer the call; `filters` on the ended
+    reason); other events are refused rather than silently never fired."""
 
     on: Literal["customer.speech.timeout", "call.ending"]
     options: HookOptions = Field(default_factory=HookOptions)
@@ -452,13 +481,18 @@ class Hook(_Vapi):
     @model_validator(mode="after")
     def _fits_event(self) -> Hook:
         kinds = {action.tool.get("type") for action in self.do if action.tool is not None}
+        transfers = sum(action.type == "transfer" for action in self.do)
         if self.on == "customer.speech.timeout":
+            if transfers:
+                raise ValueError("only a call.ending hook can transfer the call")
             if kinds - {"endCall"}:
                 raise ValueError("a customer.speech.timeout hook can only run the endCall tool")
             if self.filters:
                 raise ValueError("filters apply to call.ending hooks only")
         elif kinds - {"function"}:
             raise ValueError("a call.ending hook runs function tools only: the call is ending")
+        elif transfers > 1:
+            raise ValueError("a call.ending hook transfers the call to one destination")
         return self
 
     def matches(self, ended_reason: str) -> bool:

@@ -52,6 +52,10 @@ __all__ = ["FINAL_TRANSCRIPTS", "MAX_MESSAGES", "CallMessages", "Outgoing"]
 MAX_MESSAGES = 2000  # per call kept for updates and the report; a longer call keeps the first
 FINAL_TRANSCRIPTS = 'transcript[transcriptType="final"]'
 _TRANSFERRED = re.compile(r"transferred to (\S+)")
+# Endings that hand the caller to someone else (their detail says "transferred to +1…").
+_TRANSFERS = frozenset(
+    {EndedReason.ASSISTANT_FORWARDED_CALL, EndedReason.CALL_ENDING_HOOK_EXECUTED_TRANSFER}
+)
 
 Outgoing = tuple[str, dict[str, Any]]
 
@@ -163,7 +167,7 @@ class CallMessages:
     def _ended(self, out: list[Outgoing], event: CallEnded, wall_now: float) -> None:
         reason = event.reason.value
         transcript = self.transcript_text()
-        if event.reason is EndedReason.ASSISTANT_FORWARDED_CALL:
+        if event.reason in _TRANSFERS:
             match = _TRANSFERRED.search(event.detail)
             destination = {"type": "number", "number": match.group(1)} if match else None
             self._add(

@@ -10,6 +10,15 @@ has the call's ended reason among its values (`"pipeline-error"` stands for ever
   interrupt it), and the call ends with the same reason once it has been heard. When the caller
   hung up, the stream broke, a provider failed, the call was transferred, or it was ended
   through the API, nothing is said: there is no one to hear it, or no voice to say it.
+- `transfer`: for the same endings the call is transferred instead of hung up, once the line
+  (the `say`s, then the destination's `message`: Vapi's "Transferring the call now" unless
+  given, "" for none) has been heard, through the telephony side as `transferCall` does; the
+  first matching hook's destination is used, and the call ends with
+  `call.ending.hook-executed-transfer` (the hooks' tools still match the ending it replaced).
+  A call with no telephony control (a web call, a number without Twilio credentials) is not
+  transferred, and a transfer Twilio refuses is recorded as a failed `transferCall`: either way
+  the call ends with its own reason. A voice that stalls on the line does not stop the
+  transfer (it starts when the line is given up on).
 - `tool`: a `function` tool's server is called once (a Vapi `tool-calls` message, as for a
   tool the model calls), for every ending its filters match — also when the caller hung up, as
   a tool needs no audio. It runs once the line is closed (the caller is never held on a silent
@@ -32,6 +41,7 @@ from voice.egress_http import DEFAULT_MAX_RESPONSE_BYTES
 from voice.errors import ConfigError
 from voice.events import CallEvent, MessageAdded, ToolCallFailed
 from voice.history import Conversation
+from voice.ports import TransferDestination
 from voice.server_messages import DEFAULT_SERVER_TIMEOUT, ServerTarget
 from voice.tools import ToolRunner, ToolSet, tool_call_json
 from voice.types import EndedReason, ToolCall
@@ -110,6 +120,21 @@ class EndingHooks:
             if action.type == "say" and action.exact
         ]
         return " ".join(says) or None
+
+    def transfer(self, reason: EndedReason) -> TransferDestination | None:
+        """Where this ending sends the caller instead of hanging up: the first matching hook's
+        `transfer` destination; None when there is none or no one is left to transfer."""
+        if reason not in SPEAKABLE:
+            return None
+        for hook in self.matching(reason):
+            for action in hook.do:
+                if action.type == "transfer" and action.destination is not None:
+                    try:
+                        return TransferDestination.from_vapi(action.destination, "destination")
+                    except ConfigError as exc:  # checked when the assistant was saved
+                        log.error("call %s: call.ending transfer unusable: %s", self.call_id, exc)
+                        return None
+        return None
 
     async def run_tools(self, reason: EndedReason) -> None:
         """Call the matching hooks' tools, all at once, each within its server's timeout."""

@@ -12,7 +12,7 @@ engine without it speaks telephone audio only.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -194,6 +194,22 @@ class TransferDestination:
     extension: str | None = None
     caller_id: str | None = None
     description: str = ""
+
+    @classmethod
+    def from_vapi(cls, entry: Mapping[str, Any], where: str) -> TransferDestination:
+        """A number destination as Vapi writes it (`transferCall.destinations[i]`, a hook's
+        `transfer.destination`). Raises ConfigError naming `where` for a number AVA cannot dial."""
+        number = entry.get("number")
+        if not isinstance(number, str) or not number.startswith("+"):
+            raise ConfigError(f"{where}.number must be an E.164 number")
+        message = entry.get("message")
+        return cls(
+            number=number,
+            message=DEFAULT_TRANSFER_MESSAGE if message is None else str(message),
+            extension=str(entry["extension"]) if entry.get("extension") else None,
+            caller_id=str(entry["callerId"]) if entry.get("callerId") else None,
+            description=str(entry.get("description") or ""),
+        )
 
 
 class CallControlError(Exception):

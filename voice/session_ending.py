@@ -3,7 +3,9 @@
 Split from `voice.session` because ending has its own state and rules. `call.ending` hooks
 (`voice.ending_hooks`) say a last line before an ending the assistant decides: what the
 assistant was saying is cut as a barge-in would, the line is heard whole (or given up on after
-a generous time, a voice that stalls), then the call ends with that reason. A reply may carry
+a generous time, a voice that stalls), then the call ends with that reason — or, when a hook
+transfers it, is transferred (`call.ending.hook-executed-transfer`; if that fails, it ends
+with its reason). A reply may carry
 the end of the call (`endCall`, `transferCall`, an ending `say`): the call ends once it has
 been heard, after its handoff (a transfer) if any; a handoff that fails lets the call go on.
 Once ended, the call is closed: what was played is recorded, every provider and the transport
@@ -15,6 +17,7 @@ does: it is the session's own code, kept in its own module.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING
 
@@ -22,12 +25,13 @@ from media.transport import TransportClosed
 from voice.ending_hooks import NO_TOOLS, SPEAKABLE
 from voice.errors import ProviderError
 from voice.events import CallEnded, ToolCallFailed
-from voice.ports import CallControlError
+from voice.ports import CallControlError, TransferDestination
 from voice.reply import Reply
 from voice.session_events import HandoffFailed
 from voice.session_replies import ReplyHandle
 from voice.tool_turns import Handoff
-from voice.types import EndedReason
+from voice.tools import TRANSFER_CALL
+from voice.types import EndedReason, ToolCall
 
 if TYPE_CHECKING:
     from voice.session import CallSession
@@ -36,6 +40,9 @@ __all__ = ["CallEnding"]
 
 log = logging.getLogger("ava.call")
 
+# How long a `call.ending` hook's transfer may take: beyond the telephony side's own deadline
+# (Twilio REST: 10 s), so this only bounds a stuck one.
+_TRANSFER_SECONDS = 15.0
 # How long a `call.ending` line may take before the call ends anyway (a voice that stalls):
 # generous for its length, as a caller hears about 15 characters a second.
 _ENDING_LINE_SECONDS = 10.0
@@ -48,28 +55,51 @@ class CallEnding:
         # The `call.ending` line under way: until when it may take, and the ending it delays.
         self.line: tuple[float, EndedReason, str] | None = None
         self.run_tools = True  # not when the call is cancelled from outside
+        # A `call.ending` hook's transfer: its handoff and ending, and once under way, the
+        # ending it replaced.
+        self._hook: tuple[Handoff, tuple[EndedReason, str]] | None = None
+        self._unless_transferred: tuple[EndedReason, str] | None = None
 
     async def end(self, reason: EndedReason, detail: str = "") -> None:
         """End the call as the assistant decides, the `call.ending` hooks' line said first (what
         the assistant was saying is cut as a barge-in would): the call ends once it has been
-        heard. Without such a line, or once it has been said, now."""
+        heard, transferred if a hook says so. Without such a line, or once it has been said,
+        now."""
         s = self._session
         if s.ended is not None:
             return
         text = None
+        destination = None
         if self.line is None and not s._giving_up and reason in SPEAKABLE:
             text = s.ending_hooks.line(reason)
-        if text is None:
+            destination = self._transfer_to(reason)
+            if destination is not None and destination.message:
+                text = f"{text} {destination.message}" if text else destination.message
+        if text is None and destination is None:
             s._finish(reason, detail)
             return
         now = s.clock.now()
-        until = now + _ENDING_LINE_SECONDS + _ENDING_LINE_SECONDS_PER_CHAR * len(text)
+        until = now + _ENDING_LINE_SECONDS + _ENDING_LINE_SECONDS_PER_CHAR * len(text or "")
         self.line = (until, reason, detail)
         log.info("call %s: call.ending hook before %s", s.call_id, reason.value)
         await s._heard.cut(now)
         if s.ended is not None:  # what was cut was itself to end the call
             return
-        handle = s._replies.start_fixed_line(text, (reason, detail), cache=False)
+        ending = (reason, detail)
+        handoff = None
+        if destination is not None:
+            handoff = self._handoff_to(destination)
+            ending = (
+                EndedReason.CALL_ENDING_HOOK_EXECUTED_TRANSFER,
+                f"transferred to {destination.number}",
+            )
+            self._hook = (handoff, ending)
+            if text is None:  # nothing to say: transfer now
+                self._start_hook_transfer()
+                return
+        assert text is not None
+        handle = s._replies.start_fixed_line(text, ending, cache=False)
+        handle.handoff = handoff
         handle.interruptible = False
         s._last_activity = now
         await s._apply(s.turns.assistant_started(now), now)
@@ -78,9 +108,80 @@ class CallEnding:
         """The last line is said whole, whatever else is due; but not for ever."""
         assert self.line is not None
         until, reason, detail = self.line
-        if now >= until:
+        if now < until:
+            return
+        if self._unless_transferred is not None:
+            log.warning("call %s: the call.ending transfer took too long", self._session.call_id)
+            self._session._finish(*self._unless_transferred)
+        elif self._hook is not None:
+            # A voice that stalls does not keep the caller from the transfer.
+            log.warning("call %s: the call.ending line took too long", self._session.call_id)
+            self._start_hook_transfer()
+        else:
             log.warning("call %s: the call.ending line took too long", self._session.call_id)
             self._session._finish(reason, detail)
+
+    def _transfer_to(self, reason: EndedReason) -> TransferDestination | None:
+        s = self._session
+        destination = s.ending_hooks.transfer(reason)
+        if destination is not None and s.call_control is None:
+            log.info(
+                "call %s: call.ending transfer to %s skipped: a %s call without telephony "
+                "control cannot be transferred; it ends with %s",
+                s.call_id, destination.number, s.transport.kind, reason.value,
+            )  # fmt: skip
+            return None
+        return destination
+
+    def _handoff_to(self, destination: TransferDestination) -> Handoff:
+        control = self._session.call_control
+        assert control is not None
+        call = ToolCall(
+            "call-ending-transfer",
+            TRANSFER_CALL,
+            json.dumps({"destination": {"type": "number", "number": destination.number}}),
+        )
+
+        async def redirect() -> None:
+            await control.transfer(destination)
+
+        return Handoff(call, redirect)
+
+    def _start_hook_transfer(self) -> None:
+        assert self._session._tg is not None
+        self._session._tg.create_task(self._hook_transfer())
+
+    async def _hook_transfer(self) -> None:
+        """Transfer the caller instead of hanging up; if the telephony side refuses, the call
+        ends as it was going to (the failure recorded as a failed `transferCall`)."""
+        s = self._session
+        assert self.line is not None and self._hook is not None
+        if self._unless_transferred is not None:
+            return  # under way already (the line was given up on, then heard)
+        handoff, ending = self._hook
+        _, reason, detail = self.line
+        self._unless_transferred = (reason, detail)
+        # Twilio stops the media stream as it redirects the call: the caller leaving while the
+        # transfer is under way is the transfer itself (`CallerGone` ends with the line's reason).
+        self.line = (s.clock.now() + _TRANSFER_SECONDS, *ending)
+        try:
+            await handoff.action()
+        except CallControlError as exc:
+            call = handoff.tool_call
+            s._emit(ToolCallFailed(s.call_id, s._since_start(), call.id, call.name, str(exc)))
+            log.warning(
+                "call %s: call.ending transfer failed: %s; it ends with %s",
+                s.call_id, exc, reason.value,
+            )  # fmt: skip
+            s._finish(reason, detail)
+            return
+        s._finish(*ending)
+
+    def _hooks_reason(self, reason: EndedReason) -> EndedReason:
+        """The ending the hooks' filters match: the one a hook's transfer replaced, if any."""
+        if reason is EndedReason.CALL_ENDING_HOOK_EXECUTED_TRANSFER and self._unless_transferred:
+            return self._unless_transferred[0]
+        return reason
 
     def end_after(
         self, reply: Reply, reason: EndedReason, detail: str, handoff: Handoff | None
@@ -97,9 +198,13 @@ class CallEnding:
             s.turns.interruptible = False  # the last words must be heard whole
 
     async def hand_off(self, handle: ReplyHandle) -> None:
-        """Run the handoff (a transfer), then end; when it fails the call goes on."""
+        """Run the handoff (a transfer), then end; when it fails the call goes on (but for a
+        `call.ending` hook's: the call was ending anyway)."""
         s = self._session
         assert handle.handoff is not None and handle.ending is not None
+        if self._hook is not None and handle.handoff is self._hook[0]:
+            await self._hook_transfer()
+            return
         try:
             await handle.handoff.action()
         except CallControlError as exc:
@@ -143,7 +248,7 @@ class CallEnding:
         try:
             if self.run_tools and s.ended.reason not in NO_TOOLS:
                 # The line is closed: the caller is not held while the hooks' tools run.
-                await s.ending_hooks.run_tools(s.ended.reason)
+                await s.ending_hooks.run_tools(self._hooks_reason(s.ended.reason))
         except Exception:  # a bug in a hook must not lose the call's record
             log.exception("call %s: call.ending hook failed", s.call_id)
         finally:  # even when cancelled while the tools run: the call's record is written

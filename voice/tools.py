@@ -45,7 +45,7 @@ from voice.egress_http import (
     post_capped,
 )
 from voice.errors import ConfigError
-from voice.ports import DEFAULT_TRANSFER_MESSAGE, TransferDestination
+from voice.ports import TransferDestination
 from voice.server_messages import ServerTarget, encode, envelope
 from voice.types import ToolCall
 
@@ -118,19 +118,7 @@ def _destinations(tool: Mapping[str, Any], where: str) -> tuple[TransferDestinat
     for i, entry in enumerate(tool.get("destinations") or ()):
         if not isinstance(entry, Mapping) or entry.get("type", "number") != "number":
             continue  # SIP and assistant destinations are not supported: not offered
-        number = entry.get("number")
-        if not isinstance(number, str) or not number.startswith("+"):
-            raise ConfigError(f"{where}.destinations[{i}].number must be an E.164 number")
-        message = entry.get("message")
-        found.append(
-            TransferDestination(
-                number=number,
-                message=DEFAULT_TRANSFER_MESSAGE if message is None else str(message),
-                extension=str(entry["extension"]) if entry.get("extension") else None,
-                caller_id=str(entry["callerId"]) if entry.get("callerId") else None,
-                description=str(entry.get("description") or ""),
-            )
-        )
+        found.append(TransferDestination.from_vapi(entry, f"{where}.destinations[{i}]"))
     return tuple(found)
 
 
