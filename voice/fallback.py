@@ -2,9 +2,10 @@
 
 `FailoverPlan` is the pure policy (explicit time): the first usable candidate gets one retry on a
 retryable error, then each fallback gets one attempt, and a candidate whose circuit breaker is
-open is skipped — unless every one is open: then the attempt tries the one open longest, once. `FallbackLlm` and `FallbackTts` apply it to a stream: a provider that fails
-before producing anything is replaced by the next one; a failure after output has started is
-re-raised (the caller already has part of the answer). Every failure is reported through
+open is skipped — unless every one is open: then the attempt tries the one open longest, once.
+`FallbackLlm` and `FallbackTts` apply it to a stream: a provider that fails before producing
+anything is replaced by the next one; a failure after output has started is re-raised (the
+caller already has part of the answer). Every failure is reported through
 `on_failure` (the session turns it into a `ProviderFailed` event). When nothing is left,
 `ProvidersExhausted` is raised.
 
