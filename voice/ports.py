@@ -12,6 +12,7 @@ engine without it speaks telephone audio only.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -183,6 +184,10 @@ class EventSink(Protocol):
 # --- telephony control -------------------------------------------------------------------------
 
 DEFAULT_TRANSFER_MESSAGE = "Transferring the call now"  # Vapi's default
+# A tenant's destination is dialled by the operator's Twilio account: refuse at save time what
+# Twilio would refuse mid-call (and anything else that is not a phone number).
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+_EXTENSION = re.compile(r"[0-9*#wW]{1,32}")  # Twilio's sendDigits
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,14 +205,20 @@ class TransferDestination:
         """A number destination as Vapi writes it (`transferCall.destinations[i]`, a hook's
         `transfer.destination`). Raises ConfigError naming `where` for a number AVA cannot dial."""
         number = entry.get("number")
-        if not isinstance(number, str) or not number.startswith("+"):
-            raise ConfigError(f"{where}.number must be an E.164 number")
+        if not isinstance(number, str) or not _E164.fullmatch(number):
+            raise ConfigError(f"{where}.number must be an E.164 number (+ and 2-15 digits)")
+        caller_id = entry.get("callerId")
+        if caller_id and not (isinstance(caller_id, str) and _E164.fullmatch(caller_id)):
+            raise ConfigError(f"{where}.callerId must be an E.164 number (+ and 2-15 digits)")
+        extension = entry.get("extension")
+        if extension and not _EXTENSION.fullmatch(str(extension)):
+            raise ConfigError(f"{where}.extension may hold only 0-9, *, # and w (a pause)")
         message = entry.get("message")
         return cls(
             number=number,
             message=DEFAULT_TRANSFER_MESSAGE if message is None else str(message),
-            extension=str(entry["extension"]) if entry.get("extension") else None,
-            caller_id=str(entry["callerId"]) if entry.get("callerId") else None,
+            extension=str(extension) if extension else None,
+            caller_id=caller_id or None,
             description=str(entry.get("description") or ""),
         )
 

@@ -263,6 +263,20 @@ def test_built_in_tools_are_offered_as_functions() -> None:
             {"type": "transferCall", "destinations": [{"type": "number", "number": "555"}]},
             r"destinations\[0\]\.number must be an E\.164",
         ),
+        *(
+            (
+                {"type": "transferCall", "destinations": [{"type": "number", **destination}]},
+                rf"destinations\[0\]\.{field} ",
+            )
+            for field, destination in [
+                ("number", {"number": "+0123456"}),  # no country code starts with 0
+                ("number", {"number": "+1555 123 4567"}),
+                ("number", {"number": "+1234567890123456"}),  # 16 digits
+                ("number", {"number": "+15551112222</Number><Dial>"}),
+                ("callerId", {"number": "+15551112222", "callerId": "client:alice"}),
+                ("extension", {"number": "+15551112222", "extension": "12&34"}),
+            ]
+        ),
     ],
 )
 def test_unusable_tools_are_config_errors(tool: dict[str, Any], message: str) -> None:
