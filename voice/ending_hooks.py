@@ -18,7 +18,11 @@ has the call's ended reason among its values (`"pipeline-error"` stands for ever
   A call with no telephony control (a web call, a number without Twilio credentials) is not
   transferred, and a transfer Twilio refuses is recorded as a failed `transferCall`: either way
   the call ends with its own reason. A voice that stalls on the line does not stop the
-  transfer (it starts when the line is given up on).
+  transfer (it starts when the line is given up on). A provider failure (`pipeline-error-*`,
+  `TRANSFERABLE`) transfers too, as Vapi's own example does: a transfer needs no voice or
+  model. No `say` is said then: the apology is the line, followed by the destination's
+  `message` when the voice still works (not when the voice itself failed); with no voice at
+  all, the caller is transferred at once.
 - `tool`: a `function` tool's server is called once (a Vapi `tool-calls` message, as for a
   tool the model calls), for every ending its filters match — also when the caller hung up, as
   a tool needs no audio. It runs once the line is closed (the caller is never held on a silent
@@ -46,7 +50,7 @@ from voice.server_messages import DEFAULT_SERVER_TIMEOUT, ServerTarget
 from voice.tools import ToolRunner, ToolSet, tool_call_json
 from voice.types import EndedReason, ToolCall
 
-__all__ = ["NO_TOOLS", "SPEAKABLE", "EndingHooks"]
+__all__ = ["NO_TOOLS", "SPEAKABLE", "TRANSFERABLE", "EndingHooks"]
 
 log = logging.getLogger("ava.call")
 
@@ -58,6 +62,11 @@ SPEAKABLE = frozenset(
         EndedReason.SILENCE_TIMED_OUT,
         EndedReason.EXCEEDED_MAX_DURATION,
     }
+)
+# Endings that send the caller on when a hook says so: also a pipeline that failed (no provider
+# of a stage left), as the caller is still there and a transfer needs no voice or model.
+TRANSFERABLE = SPEAKABLE | frozenset(
+    reason for reason in EndedReason if reason.value.startswith("pipeline-error-")
 )
 # The server ends these calls (shutting down): its drain waits seconds, not a tool's timeout.
 NO_TOOLS = frozenset({EndedReason.SERVER_SHUTDOWN})
@@ -124,7 +133,7 @@ class EndingHooks:
     def transfer(self, reason: EndedReason) -> TransferDestination | None:
         """Where this ending sends the caller instead of hanging up: the first matching hook's
         `transfer` destination; None when there is none or no one is left to transfer."""
-        if reason not in SPEAKABLE:
+        if reason not in TRANSFERABLE:
             return None
         for hook in self.matching(reason):
             for action in hook.do:

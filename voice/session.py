@@ -659,13 +659,15 @@ class CallSession:
     # --- no provider left ---------------------------------------------------------------------
 
     def _give_up(self, stage: Stage, exc: ProviderError) -> None:
-        """Nothing is left to try for `stage`: say the apology, then end the call."""
+        """Nothing is left to try for `stage`: say the apology, then end the call (or transfer
+        it, as a `call.ending` hook may say)."""
         if self._giving_up or self.ended is not None:
             return
         self._giving_up = True
         log.error("call %s: no %s provider left: %s", self.call_id, stage, exc)
         self._replies.cancel_speculation()
-        self._replies.start_fixed_line(APOLOGY, (FAILED_REASONS[stage], str(exc)))
+        ending = (FAILED_REASONS[stage], str(exc))
+        self._ending.give_up(APOLOGY, ending, voice_works=stage != "tts")
 
     # --- helpers -----------------------------------------------------------------------------
 

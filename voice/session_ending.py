@@ -5,7 +5,9 @@ Split from `voice.session` because ending has its own state and rules. `call.end
 assistant was saying is cut as a barge-in would, the line is heard whole (or given up on after
 a generous time, a voice that stalls), then the call ends with that reason — or, when a hook
 transfers it, is transferred (`call.ending.hook-executed-transfer`; if that fails, it ends
-with its reason). A reply may carry
+with its reason). When no provider of a stage is left (`give_up`), the apology is the line:
+the call ends with its `pipeline-error-*` reason once it has been heard, or is transferred if a
+hook says so (at once when not even the apology can be said). A reply may carry
 the end of the call (`endCall`, `transferCall`, an ending `say`): the call ends once it has
 been heard, after its handoff (a transfer) if any; a handoff that fails lets the call go on.
 Once ended, the call is closed: what was played is recorded, every provider and the transport
@@ -98,11 +100,39 @@ class CallEnding:
                 self._start_hook_transfer()
                 return
         assert text is not None
-        handle = s._replies.start_fixed_line(text, ending, cache=False)
+        # The line's own ending, not the transfer's: if it is cancelled, no one was transferred.
+        handle = s._replies.start_fixed_line(text, (reason, detail), cache=False)
         handle.handoff = handoff
         handle.interruptible = False
         s._last_activity = now
         await s._apply(s.turns.assistant_started(now), now)
+
+    def give_up(self, apology: str, ending: tuple[EndedReason, str], *, voice_works: bool) -> None:
+        """No provider of a stage is left: say `apology`, then end with `ending` (a
+        `pipeline-error-*`), or transfer the caller if a hook says so. The hooks' `say`s are not
+        said (the apology is the line); the destination's `message` follows it only when the voice
+        works, as a cached apology can still be heard when it does not."""
+        s = self._session
+        reason, detail = ending
+        destination = self._transfer_to(reason) if self.line is None else None
+        if destination is None:
+            s._replies.start_fixed_line(apology, ending)
+            return
+        text = apology
+        if voice_works and destination.message:
+            text = f"{apology} {destination.message}"
+        until = s.clock.now() + _ENDING_LINE_SECONDS + _ENDING_LINE_SECONDS_PER_CHAR * len(text)
+        self.line = (until, reason, detail)
+        handoff = self._handoff_to(destination)
+        number = destination.number
+        self._hook = (
+            handoff,
+            (EndedReason.CALL_ENDING_HOOK_EXECUTED_TRANSFER, f"transferred to {number}"),
+        )
+        log.info("call %s: call.ending transfer after the apology (%s)", s.call_id, reason.value)
+        # If not even the apology can be said, it is played as silence: the transfer follows.
+        handle = s._replies.start_fixed_line(text, ending, cache=text == apology)
+        handle.handoff = handoff
 
     def check_line(self, now: float) -> None:
         """The last line is said whole, whatever else is due; but not for ever."""

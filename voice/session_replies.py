@@ -161,11 +161,14 @@ class Replies:
                 self._tts, reply.text, self.audio_format, keep=handle.cached and not personal
             )
         except ProviderError as exc:
-            if handle.ending is not None:  # not even the apology can be said: just end
-                self._finish(*handle.ending)
+            if handle.ending is not None and handle.handoff is None:
+                self._finish(*handle.ending)  # not even the apology can be said: just end
                 return
-            if isinstance(exc, ProvidersExhausted):
+            if handle.ending is None and isinstance(exc, ProvidersExhausted):
                 await self._post(StageExhausted(exc.stage, exc))
+            # Nothing was heard (no message is recorded); what was to follow it (a transfer)
+            # follows at once.
+            reply.text = ""
             await reply.finish()
             return
         reply.spoken_text = reply.text

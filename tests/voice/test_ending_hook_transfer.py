@@ -21,15 +21,15 @@ from voice.assistant import Assistant, ModelConfig
 from voice.call_messages import CallMessages
 from voice.clock import LoopClock
 from voice.egress import EgressPolicy
-from voice.errors import ConfigError
+from voice.errors import ConfigError, ProviderError
 from voice.events import CallEnded, CallStarted, MessageAdded, ToolCallFailed
 from voice.greeting import GreetingCache
-from voice.ports import CallControlError, TransferDestination
-from voice.session import CallSession, Engines
+from voice.ports import CallControlError, LanguageModel, TransferDestination
+from voice.session import APOLOGY, CallSession, Engines
 from voice.simulation import CallerScript, ListeningStt, SimulatedPhone, run_virtual
 from voice.testing import RecordingSink, ScriptedLlm, ToneTts
 from voice.tools import ToolRunner, ToolSet
-from voice.types import EndedReason, TtsChunk
+from voice.types import ChatMessage, EndedReason, LlmDelta, TtsChunk
 
 GOODBYE = "Let me put you through to the front desk."
 HUMAN = "+15551112222"
@@ -157,6 +157,7 @@ def run_call(
     with_control: bool = True,
     during: tuple[float, Callable[[CallSession], None]] | None = None,
     tts: ToneTts | None = None,
+    llm: LanguageModel | None = None,
 ) -> Call:
     async def main() -> Call:
         loop = asyncio.get_running_loop()
@@ -164,7 +165,7 @@ def run_call(
         control = RecordingCallControl(fail=fail)
         engines = Engines(
             stt=ListeningStt(()),
-            llm=ScriptedLlm((), first_token=LLM_FIRST_TOKEN, per_token=0.02),
+            llm=llm or ScriptedLlm((), first_token=LLM_FIRST_TOKEN, per_token=0.02),
             tts=tts or ToneTts(seconds_per_char=0.06, first_byte=TTS_FIRST_BYTE),
             vad=_vad(),
             turn_detector=None,
@@ -346,3 +347,139 @@ def test_the_webhooks_say_the_call_was_forwarded() -> None:
     assert [fields["status"] for _, fields in out] == ["forwarding", "ended"]
     assert out[0][1]["destination"] == {"type": "number", "number": HUMAN}
     assert out[1][1]["endedReason"] == "call.ending.hook-executed-transfer"
+
+
+# --- no provider left (pipeline-error-*) ---------------------------------------------------------
+
+MODEL_GREETING = "assistant-speaks-first-with-model-generated-message"
+SEND_ON_FAILURE = ["pipeline-error"]  # Vapi's example: every pipeline-error-* reason
+LOG_CALL = {
+    "type": "tool",
+    "tool": {
+        "type": "function",
+        "function": {"name": "log_call"},
+        "server": {"url": "http://127.0.0.1:9/hooks"},
+    },
+}
+
+
+class FailingLlm:
+    """A model whose every request fails, as a provider that is down (breakers are per name:
+    one name a test)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[LlmDelta]:
+        await asyncio.sleep(0.1)
+        raise ProviderError(self.name, "HTTP 500", retryable=True)
+        yield LlmDelta()  # an async generator
+
+
+class FailingTts(ToneTts):
+    """A voice whose every request fails (`voice_key` per test: its breaker is its own)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(seconds_per_char=0.06, first_byte=TTS_FIRST_BYTE)
+        self.name = self.voice_key = name
+
+    async def synthesize(self, text: str) -> AsyncIterator[TtsChunk]:
+        self.requests.append(text)
+        await asyncio.sleep(0.1)
+        raise ProviderError(self.name, "HTTP 500", retryable=True)
+        yield TtsChunk(b"")  # an async generator
+
+
+def _model_greeting(*hooks: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "firstMessageMode": MODEL_GREETING,
+        "model": {"messages": [{"role": "system", "content": "Greet the caller."}]},
+        "hooks": list(hooks),
+    }
+
+
+def test_no_model_left_transfers_after_the_apology() -> None:
+    # Vapi's flagship call.ending transfer. The hook's `say` is not said (the apology is the
+    # line); the destination's message follows the apology; its tools match pipeline-error.
+    hook = _hook(_say(), LOG_CALL, _transfer(), reasons=SEND_ON_FAILURE)
+    call = run_call(_model_greeting(hook), llm=FailingLlm("down-llm-hook-transfer-1"))
+    assert call.said() == [f"{APOLOGY} Transferring the call now"]
+    start, end = call.last_heard()
+    assert end - start == pytest.approx(len(call.said()[0]) * 0.06, abs=0.1)  # heard whole
+    ((at, number),) = call.transfers()
+    assert number == HUMAN
+    assert end - 0.05 <= at <= end + 0.3  # heard, then transferred
+    assert call.ended.reason is EndedReason.CALL_ENDING_HOOK_EXECUTED_TRANSFER
+    assert call.ended.detail == f"transferred to {HUMAN}"
+    (message,) = call.tool_calls
+    assert [c["function"]["name"] for c in message["toolCallList"]] == ["log_call"]
+
+
+def test_no_voice_left_transfers_at_once_without_a_line() -> None:
+    tts = FailingTts("down-tts-hook-transfer-1")
+    hook = _hook(_transfer(), reasons=SEND_ON_FAILURE)
+    call = run_call({"firstMessage": "Hello.", "hooks": [hook]}, tts=tts)
+    assert call.said() == [] and call.phone.heard == []
+    assert "Transferring the call now" not in " ".join(tts.requests)  # the voice is gone
+    assert APOLOGY in tts.requests  # tried, could not be said
+    ((at, number),) = call.transfers()
+    assert number == HUMAN and at < 2.0
+    assert call.ended.reason is EndedReason.CALL_ENDING_HOOK_EXECUTED_TRANSFER
+
+
+def test_a_line_the_voice_cannot_say_still_transfers() -> None:
+    # A silence timeout's `say` that fails: the transfer follows at once, not a hang-up.
+    tts = FailingTts("down-tts-hook-transfer-2")
+    hook = _hook(_say(), _transfer(message=""), reasons=["silence-timed-out"])
+    call = run_call({"hooks": [hook], "silenceTimeoutSeconds": 5}, tts=tts)
+    assert set(tts.requests) == {GOODBYE} and call.said() == []
+    ((at, number),) = call.transfers()
+    assert number == HUMAN and 5.0 <= at <= 6.0
+    assert call.ended.reason is EndedReason.CALL_ENDING_HOOK_EXECUTED_TRANSFER
+
+
+@pytest.mark.parametrize(
+    ("hooks", "name"),
+    [
+        ((), "down-llm-hook-transfer-2"),
+        ((_hook(_transfer(), reasons=["silence-timed-out"]),), "down-llm-hook-transfer-3"),
+    ],
+)
+def test_without_a_matching_hook_no_model_left_ends_as_before(
+    hooks: tuple[dict[str, Any], ...], name: str
+) -> None:
+    call = run_call(_model_greeting(*hooks), llm=FailingLlm(name))
+    assert call.said() == [APOLOGY]
+    assert call.transfers() == []
+    assert call.ended.reason is EndedReason.PIPELINE_ERROR_LLM
+    assert call.ended.at == pytest.approx(call.last_heard()[1], abs=0.1)
+
+
+def test_a_refused_transfer_after_the_apology_keeps_the_pipeline_error() -> None:
+    hook = _hook(_transfer(message=""), reasons=SEND_ON_FAILURE)
+    call = run_call(_model_greeting(hook), llm=FailingLlm("down-llm-hook-transfer-4"), fail=True)
+    assert call.said() == [APOLOGY]
+    assert [n for _, n in call.transfers()] == [HUMAN]  # attempted
+    assert call.ended.reason is EndedReason.PIPELINE_ERROR_LLM
+    failed = [e for e in call.sink.of_type(ToolCallFailed) if isinstance(e, ToolCallFailed)]
+    assert [(e.name, e.error) for e in failed] == [("transferCall", "the carrier refused")]
+
+
+def test_a_web_call_with_no_model_left_is_not_transferred() -> None:
+    hook = _hook(_transfer(), reasons=SEND_ON_FAILURE)
+    call = run_call(
+        _model_greeting(hook),
+        llm=FailingLlm("down-llm-hook-transfer-5"),
+        kind="webrtc",
+        with_control=False,
+    )
+    assert call.said() == [APOLOGY]  # without the transfer's message
+    assert call.transfers() == []
+    assert call.ended.reason is EndedReason.PIPELINE_ERROR_LLM
+
+
+def test_a_caller_gone_during_the_apology_is_not_transferred() -> None:
+    hook = _hook(_transfer(message=""), reasons=SEND_ON_FAILURE)
+    call = run_call(_model_greeting(hook), llm=FailingLlm("down-llm-hook-transfer-6"), tail=1.5)
+    assert call.transfers() == []
+    assert call.ended.reason is EndedReason.PIPELINE_ERROR_LLM
