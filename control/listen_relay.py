@@ -149,6 +149,12 @@ class RelaySubscriber:
 
     async def subscribe(self, remote: RemoteListener) -> None:
         """The call is subscribed, if no listener here had it already."""
+        # Shielded: redis-py drops a connection whose command is cancelled mid-flight, and this
+        # connection is every remote listener's on the node (a listener whose client hung up
+        # during its SUBSCRIBE closed all of them, seen in CI).
+        await asyncio.shield(self._subscribe(remote))
+
+    async def _subscribe(self, remote: RemoteListener) -> None:
         try:
             await self._sync(remote.call_id)
         except (RedisError, OSError) as exc:
@@ -164,14 +170,15 @@ class RelaySubscriber:
         if members:
             return
         del self._calls[remote.call_id]
+        await asyncio.shield(self._unsubscribe(remote.call_id))  # shielded as in `subscribe`
+
+    async def _unsubscribe(self, call_id: str) -> None:
         with contextlib.suppress(RedisError, OSError):
-            await self._sync(remote.call_id)  # a dead connection is the reader's to report
+            await self._sync(call_id)  # a dead connection is the reader's to report
 
     async def _sync(self, call_id: str) -> None:
         # Decided under the lock from the state at that moment: a leave racing its own join's
         # SUBSCRIBE (or two joins) ends with the call subscribed exactly while it has listeners.
-        # A listener cancelled here cannot break the shared connection: a command is written
-        # whole before its send can wait (redis-py drops a connection whose write was cut).
         async with self._changing:
             pubsub = self._pubsub
             if pubsub is None:

@@ -521,18 +521,53 @@ async def test_listeners_arriving_and_leaving_together_leave_no_subscription(
                 for _ in range(ticks):
                     await asyncio.sleep(0)
 
+        # A listener of another call stays throughout: the shared connection is its too.
+        steady = _Client()
+        steady_task = asyncio.create_task(_listen_remote(hub, "call_2", steady))
+        await _until_subscribers(admin, hub, "call_2", 1)
+
         await asyncio.gather(*(come_and_go(i % 4) for i in range(40)))
-        # one cancelled while its subscribe may be in flight
-        cancelled = asyncio.create_task(come_and_go(100))
-        await asyncio.sleep(0)
-        cancelled.cancel()
-        await asyncio.gather(cancelled, return_exceptions=True)
-        assert hub.remote_listeners == 0
+        # Listeners cancelled at every point of their subscribe and unsubscribe (a client that
+        # hangs up at once): redis-py drops a connection whose command is cancelled, which
+        # would close every remote listener on the node.
+        for ticks in range(12):
+            cancelled = asyncio.create_task(come_and_go(100))
+            for _ in range(ticks):
+                await asyncio.sleep(0)
+            cancelled.cancel()
+            await asyncio.gather(cancelled, return_exceptions=True)
+        # …and one cancelled while its SUBSCRIBE is being written (a slow socket, as under load):
+        # the write is made to wait inside redis-py's send, where a cancel drops the connection.
+        subscriber = hub.subscriber
+        assert subscriber is not None and subscriber._pubsub is not None
+        writer = subscriber._pubsub.connection._writer  # type: ignore[attr-defined]
+        drain = writer.drain
+        writing = asyncio.Event()
+
+        async def slow_drain() -> None:
+            writing.set()
+            await asyncio.sleep(0.05)
+            await drain()
+
+        writer.drain = slow_drain
+        try:
+            cancelled = asyncio.create_task(come_and_go(100))
+            await asyncio.wait_for(writing.wait(), 5)
+            cancelled.cancel()
+            await asyncio.gather(cancelled, return_exceptions=True)
+            await _until(lambda: hub.remote_listeners == 1, "the cancelled one left")
+        finally:
+            writer.drain = drain
+        assert hub.remote_listeners == 1
         await _until_subscribers(admin, hub, "call_1", 0)
+        assert subscriber.losses == 0
+        await admin.publish(hub.channel("call_2"), _chunk(5))
+        await _until(lambda: bool(steady.audio), "the steady listener still hears")
+        assert steady.closed is None
+        steady.hang_up()
+        await asyncio.wait_for(steady_task, 5)
 
         # two arriving together: one subscription, both hear
-        subscriber = hub.subscriber
-        assert subscriber is not None
         stereo = subscriber.join("call_1", mono=False, buffer_seconds=1.0)
         mono = subscriber.join("call_1", mono=True, buffer_seconds=1.0)
         await asyncio.gather(subscriber.subscribe(stereo), subscriber.subscribe(mono))
