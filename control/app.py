@@ -20,6 +20,7 @@ from control.errors import install_error_handlers
 from control.listen import bind_listen, running_listen
 from control.listen import router as listen_router
 from control.live_control import running_control
+from control.loop_lag import LagPolicy, LoopLag, running_loop_lag
 from control.metrics import Metrics
 from control.middleware import install_operations
 from control.orphans import running_node
@@ -55,8 +56,10 @@ def create_app(settings: Settings, *, engines: EngineSource | None = None) -> Fa
     prices = settings.price_table()  # built once; each call's costs are priced with it
     # Outside the lifespan so the server's signal handler can drain calls before uvicorn
     # closes their websockets (control/server.py).
-    calls = CallManager(settings.max_calls)
-    metrics = Metrics(live_calls=lambda: len(calls.live))
+    # Fed by its task in the lifespan; its verdict refuses new calls (CallManager.refusal).
+    loop_lag = LoopLag(LagPolicy.from_ms(settings.shed_loop_lag_ms))
+    calls = CallManager(settings.max_calls, saturated=lambda: loop_lag.saturated)
+    metrics = Metrics(live_calls=lambda: len(calls.live), saturated=lambda: loop_lag.saturated)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -71,6 +74,7 @@ def create_app(settings: Settings, *, engines: EngineSource | None = None) -> Fa
             # Webhooks pending from a previous run are claimed and sent as soon as this starts.
             sender = WebhookSender.from_settings(settings, stores.deliveries)
             async with (
+                running_loop_lag(loop_lag, metrics.loop_lag.observe),
                 running_node(settings, stores) as nodes,
                 running_control(settings, nodes.node_id, calls) as live_control,
                 # After the orphan sweep: spooled recordings of its calls are kept at startup.
@@ -146,6 +150,7 @@ def create_app(settings: Settings, *, engines: EngineSource | None = None) -> Fa
 
     app = FastAPI(title="AVA", version="0.1.0", lifespan=lifespan)
     app.state.calls = calls
+    app.state.loop_lag = loop_lag
     app.state.call_slots = call_slots_for(settings)  # per-tenant concurrent phone calls
     install_error_handlers(app)
     install_operations(app, settings, metrics)
@@ -165,9 +170,15 @@ def create_app(settings: Settings, *, engines: EngineSource | None = None) -> Fa
     @app.get("/readyz")
     async def readyz(request: Request, response: Response) -> dict[str, Any]:
         state: AppState = request.app.state.ava
-        ready = state.ready and not state.calls.draining
+        # Ready means a new call would be taken (one decision: CallManager.refusal), so a
+        # balancer or Kubernetes stops sending work while this node drains, is full or saturated.
+        refusal = state.calls.refusal()
+        ready = state.ready and refusal is None
         response.status_code = 200 if ready else 503
-        return {"ready": ready, "liveCalls": len(state.calls.live)}
+        body: dict[str, Any] = {"ready": ready, "liveCalls": len(state.calls.live)}
+        if not ready:
+            body["reason"] = refusal.value if refusal is not None else "starting"
+        return body
 
     @app.get("/dev/calls/{key}")
     async def dev_call(key: str, request: Request) -> dict[str, Any]:

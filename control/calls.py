@@ -11,7 +11,9 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from control.logs import bound
@@ -28,7 +30,7 @@ from voice.events import (
 from voice.session import CallSession
 from voice.types import EndedReason
 
-__all__ = ["CallManager", "CallRecord"]
+__all__ = ["CallManager", "CallRecord", "Refusal"]
 
 log = logging.getLogger("ava.calls")
 
@@ -53,11 +55,26 @@ class CallRecord:
         return asdict(self)
 
 
+class Refusal(StrEnum):
+    """Why this node takes no new call now (the label of ava_calls_refused_total)."""
+
+    DRAINING = "draining"
+    MAX_CALLS = "max_calls"
+    SATURATED = "saturated"
+
+
 class CallManager:
     """Tracks live sessions (for limits and drain) and keeps their records."""
 
-    def __init__(self, max_calls: int, max_records: int = 1000) -> None:
+    def __init__(
+        self,
+        max_calls: int,
+        max_records: int = 1000,
+        saturated: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.max_calls = max_calls
+        # Whether the event loop is past what it can carry (control/loop_lag.py).
+        self.saturated = saturated
         self.live: dict[str, CallSession] = {}
         self.records: OrderedDict[str, CallRecord] = OrderedDict()
         self._max_records = max_records
@@ -133,7 +150,21 @@ class CallManager:
             record.status, record.ended_at = "ended", time.time()
             record.ended_reason, record.ended_detail = event.reason.value, event.detail
 
+    def refusal(self) -> Refusal | None:
+        """Why a new call would be refused here now; None when it is welcome. The one admission
+        decision: the Twilio voice webhook, a WebRTC offer and /readyz all ask it. Live calls are
+        never ended for it."""
+        if self.draining:
+            return Refusal.DRAINING
+        if len(self.live) >= self.max_calls:
+            return Refusal.MAX_CALLS
+        if self.saturated():
+            return Refusal.SATURATED
+        return None
+
     async def run(self, session: CallSession) -> CallEnded:
+        # Only the hard limits here, not load: a stream reaching `run` was admitted already (its
+        # webhook answered, maybe by another node), and its caller is not cut off for load.
         if self.draining or len(self.live) >= self.max_calls:
             session.hang_up(
                 EndedReason.SERVER_SHUTDOWN if self.draining else EndedReason.SERVER_ERROR,

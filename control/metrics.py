@@ -26,6 +26,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from control.calls import Refusal
 from control.errors import ApiError
 from media.transport import CallTransport, InboundEvent
 from voice.clock import Clock, MonotonicClock
@@ -42,6 +43,7 @@ from voice.events import (
 __all__ = [
     "LATENESS_BUCKETS",
     "LATENCY_BUCKETS",
+    "LOOP_LAG_BUCKETS",
     "LatenessClock",
     "Metrics",
     "ObservedTransport",
@@ -58,6 +60,11 @@ LATENCY_BUCKETS = (
 LATENESS_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.2, 0.5,
 )  # fmt: skip
+# Event-loop lag: ~0 on a loop with room to spare; tens of ms is where shedding starts
+# (AVA_SHED_LOOP_LAG_MS); seconds is a node far past its capacity.
+LOOP_LAG_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.045, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
 STAGES = tuple(stage.name for stage in fields(TurnLatency))
 
 # Lateness of this task's last paced sleep, waiting for the send it released.
@@ -65,12 +72,38 @@ _LATENESS: ContextVar[float | None] = ContextVar("ava_pacing_lateness", default=
 
 
 class Metrics:
-    def __init__(self, live_calls: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        live_calls: Callable[[], int] | None = None,
+        saturated: Callable[[], bool] | None = None,
+    ) -> None:
         self.registry = r = CollectorRegistry()
         self.active_calls = Gauge("ava_active_calls", "Calls live in this process", registry=r)
         if live_calls is not None:
             # Read at scrape time from the call manager: exact, whatever path a call ended by.
             self.active_calls.set_function(lambda: float(live_calls()))
+        self.loop_lag = Histogram(
+            "ava_event_loop_lag_seconds",
+            "How late the event loop ran a timer due every 50 ms (control/loop_lag.py)",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=r,
+        )
+        self.saturated = Gauge(
+            "ava_event_loop_saturated",
+            "1 while this node sheds new calls for event-loop lag (AVA_SHED_LOOP_LAG_MS)",
+            registry=r,
+        )
+        if saturated is not None:
+            self.saturated.set_function(lambda: float(saturated()))
+        self.calls_refused = Counter(
+            "ava_calls_refused",
+            "New calls this node refused (a Twilio call redirected to the service URL, or 503), "
+            "by reason: draining, max_calls (AVA_MAX_CALLS) or saturated (event-loop lag)",
+            ["reason"],
+            registry=r,
+        )
+        for refusal in Refusal:  # at zero before the first refusal, for rate()
+            self.calls_refused.labels(reason=refusal.value)
         self.calls_started = Counter(
             "ava_calls_started", "Calls started", ["transport"], registry=r
         )

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     vad: str = Field(default="silero", pattern="^(silero|webrtc)$")
     turn_model: bool = True
     max_calls: int = Field(default=200, ge=1)
+    # Shed new calls while the event loop's median lag over 2 s is at least this (ms); take them
+    # again once it has stayed under half of it for 5 s (control/loop_lag.py). 0: never shed.
+    shed_loop_lag_ms: float = Field(default=60, ge=0, le=10_000)
     drain_seconds: float = Field(default=30, ge=0)
     log_level: str = Field(default="INFO", pattern="^(?i:debug|info|warning|error|critical)$")
     # json | text | auto (text on a terminal, JSON otherwise: containers, systemd, log shippers)

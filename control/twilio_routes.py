@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from control.assistant_request import HeldAssistants, PendingAssistants, ask_for_assistant
 from control.call_control import twilio_call_control
 from control.call_slots import BUSY_SAY, TENANT_LIMIT_REASON, CallSlots, holding_slot
+from control.calls import Refusal
 from control.outbound import OUTBOUND, OutboundStream, outbound_stream
 from control.personal import caller_as_customer, personalize_for_call, record_personalized
 from control.providers import provider_keys, resolve_tools
@@ -68,7 +69,7 @@ START_TIMEOUT = 10.0
 UNKNOWN_NUMBER_SAY = "Sorry, this number is not in service. Goodbye."
 NO_ASSISTANT_SAY = "Sorry, no one can take this call right now. Goodbye."
 _MAX_NUMBER_CHARS = 64  # From/To as stored (a SIP From can be any length)
-# A new call redirected this often found only draining nodes: give up with a 503.
+# A new call redirected this often found only nodes not taking calls: give up with a 503.
 MAX_DRAIN_REDIRECTS = 3
 _REDIRECTS = "ava_redirects"
 # From/To as the stream token carries them: E.164 is 16 characters at most; a longer (SIP,
@@ -86,8 +87,9 @@ def _twiml(xml: str) -> Response:
 @router.post("/twilio/voice")
 async def voice_webhook(request: Request) -> Response:
     state: AppState = request.app.state.ava
-    if state.calls.draining:
-        return _elsewhere(state, request)
+    refusal = state.calls.refusal()
+    if refusal is not None:
+        return _elsewhere(state, request, refusal)
     form = await read_form(request)
     if form is None:
         return Response("webhook body too large", status_code=413)
@@ -136,19 +138,23 @@ async def voice_webhook(request: Request) -> Response:
     return _stream_twiml(state, request, claims)
 
 
-def _elsewhere(state: AppState, request: Request) -> Response:
-    """A new call reaching a draining node (a rolling restart): Twilio is redirected to the
-    service's own URL, which the load balancer sends to a node that is still taking calls. A
-    call redirected `MAX_DRAIN_REDIRECTS` times (every node it reached was draining) gets 503,
-    which makes Twilio try the number's fallback URL."""
+def _elsewhere(state: AppState, request: Request, refusal: Refusal) -> Response:
+    """A new call reaching a node that takes none (draining for a rolling restart, at
+    AVA_MAX_CALLS, or saturated): Twilio is redirected to the service's own URL, which the load
+    balancer sends to a node that is still taking calls. A call redirected
+    `MAX_DRAIN_REDIRECTS` times (every node it reached refused it) gets 503, which makes Twilio
+    try the number's fallback URL. Checked before the signature: a refusal costs next to nothing,
+    which is the point on a saturated node, and it reveals nothing about the number."""
+    request.app.state.metrics.calls_refused.labels(reason=refusal.value).inc()
     try:
         hops = int(request.query_params.get(_REDIRECTS, "0"))
     except ValueError:
         hops = MAX_DRAIN_REDIRECTS
     if hops >= MAX_DRAIN_REDIRECTS:
-        return Response("server draining", status_code=503)
+        return Response(f"server not taking calls ({refusal.value})", status_code=503)
     url = external_url(state, request.headers, request.url.scheme, request.url.path, False)
-    log.info("draining: new call redirected to %s (hop %d)", url, hops + 1)
+    if refusal is not Refusal.SATURATED:  # saturation is logged once, when it starts
+        log.info("%s: new call redirected to %s (hop %d)", refusal.value, url, hops + 1)
     return _twiml(redirect(f"{url}?{_REDIRECTS}={hops + 1}"))
 
 

@@ -40,6 +40,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from control.call_slots import LIVE_SLOT_SECONDS, CallSlots, LocalCallSlots, holding_slot
+from control.calls import Refusal
 from control.deps import StateDep, TenantDep, current_tenant
 from control.errors import ApiError, not_found
 from control.metrics import Metrics
@@ -337,10 +338,9 @@ def _web_token_claims(state: AppState, token: str) -> dict[str, Any]:
 async def offer(body: OfferBody, request: Request, state: StateDep) -> dict[str, str]:
     calls: WebCalls = request.app.state.webrtc
     caller = await _authorize(request, state, body)
-    if not state.ready or state.calls.draining:
-        raise ApiError(503, "the server is not taking calls right now (starting or draining)")
-    if len(state.calls.live) >= state.calls.max_calls:
-        raise ApiError(503, "the server is at its call limit (AVA_MAX_CALLS)")
+    refused = _refused(state, request)
+    if refused is not None:
+        raise refused
     try:
         assistant = await resolve_tools(caller.assistant, caller.tenant_id, state.stores.tools)
         personal = await personalize_for_call(assistant, {})  # a browser has no number
@@ -398,6 +398,28 @@ async def offer(body: OfferBody, request: Request, state: StateDep) -> dict[str,
     calls.start(run, name=f"web-{call_id}")
     log.info("web call %s: answered offer (peer %s)", call_id, peer.pc_id)
     return {"sdp": answer, "type": "answer", "pc_id": peer.pc_id}
+
+
+_REFUSALS = {
+    Refusal.DRAINING: "the server is not taking calls right now (draining)",
+    Refusal.MAX_CALLS: "the server is at its call limit (AVA_MAX_CALLS)",
+    Refusal.SATURATED: (
+        "the server is overloaded (event-loop lag above AVA_SHED_LOOP_LAG_MS); try again shortly"
+    ),
+}
+
+
+def _refused(state: AppState, request: Request) -> ApiError | None:
+    """A 503 saying why this node takes no new call (CallManager.refusal), counted by reason."""
+    refusal = state.calls.refusal()
+    if refusal is not None:
+        metrics: Metrics | None = getattr(request.app.state, "metrics", None)
+        if metrics is not None:
+            metrics.calls_refused.labels(reason=refusal.value).inc()
+        return ApiError(503, _REFUSALS[refusal])
+    if not state.ready:
+        return ApiError(503, "the server is not taking calls right now (starting)")
+    return None
 
 
 async def _run_call(
