@@ -75,6 +75,9 @@ class CallResult:
     # with up to `_MISHEARD_KEPT` of them as [said, transcribed] for the report.
     misheard_turns: int = 0
     misheard: list[list[str]] = field(default_factory=list)
+    # The service refused the call (503 once the redirects ran out: draining, full, or shedding
+    # load); counted apart from failures, as the calls it took are not harmed.
+    refused: bool = False
 
 
 _MISHEARD_KEPT = 3
@@ -99,6 +102,10 @@ async def _one_call(job: CallerJob, utterances: list[bytes], http: httpx.AsyncCl
         await_greeting=True,
     )
     report = await place_call(job.base_url, script, fetch_record=job.fetch_record, http=http)
+    if report.refused is not None:
+        return CallResult(
+            None, time.monotonic() - started, None, [], [], [], 0, [], 0, refused=True
+        )
     measures = measure_call(report.trace)
     error = report.error
     if error is None and len(report.turns) < len(script.utterances):

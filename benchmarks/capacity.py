@@ -93,6 +93,8 @@ def budget_breaks(step: dict[str, Any]) -> list[str]:
     broken: list[str] = []
     if step["failedCalls"]:
         broken.append(f"{step['failedCalls']} calls failed")
+    if step.get("refusedCalls"):  # the server is past what it holds, and says so
+        broken.append(f"{step['refusedCalls']} calls refused (503: not taking calls)")
     if step["unansweredTurns"]:
         broken.append(f"{step['unansweredTurns']} turns unanswered")
     if step["bargeInsWithoutClear"]:
@@ -366,11 +368,11 @@ def render_capacity(data: dict[str, Any]) -> str:
         "service budgets (no failure, no gap, latency): "
         f"**{data['largestNWithinServiceBudgets']}**",
         "",
-        "| N | mean calls up | failed | gaps>60ms | v2v p50 / p95 (ms) | server-added p99 (ms) "
-        "| held back (backoff) max (ms) | misheard turns "
+        "| N | mean calls up | failed | refused | gaps>60ms | v2v p50 / p95 (ms) "
+        "| server-added p99 (ms) | held back (backoff) max (ms) | misheard turns "
         "| server tree CPU s per call-min | server cores | RSS MB per call "
         "| callers + fakes (cores) | budgets broken |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     if data.get("nodes", 1) > 1:
         broke = data.get("firstBreak")
@@ -388,7 +390,7 @@ def render_capacity(data: dict[str, Any]) -> str:
         held = (s["serverBreakdownMs"] or {}).get("held") or {}
         lines.append(
             f"| {s['n']} | {s['meanConcurrentCalls']} | {s['failedCalls']} "
-            f"| {s['outboundGapsOver60ms']} "
+            f"| {s.get('refusedCalls', '-')} | {s['outboundGapsOver60ms']} "
             f"| {v2v.get('p50', '-')} / {v2v.get('p95', '-')} | {server.get('p99', '-')} "
             f"| {held.get('max', '-')} | {s.get('misheardTurns', '-')} "
             f"| {s['serverCpuSecondsPerCallMinute']} | {s.get('serverCores', '-')} "

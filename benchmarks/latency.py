@@ -48,6 +48,7 @@ class Aggregate:
 
     calls: int = 0
     failed: int = 0
+    refused: int = 0  # turned away (503) by a service not taking calls: not failures
     greeting: list[float] = field(default_factory=list)
     voice_to_voice: list[float] = field(default_factory=list)
     barge_in_to_clear: list[float] = field(default_factory=list)
@@ -66,6 +67,8 @@ class Aggregate:
         self.calls += 1
         if result.error is not None:
             self.failed += 1
+        if result.refused:
+            self.refused += 1
         if result.greeting is not None:
             self.greeting.append(result.greeting)
         self.voice_to_voice += result.voice_to_voice
@@ -86,6 +89,7 @@ class Aggregate:
         return {
             "calls": self.calls,
             "failedCalls": self.failed,
+            "refusedCalls": self.refused,
             "unansweredTurns": self.unanswered_turns,
             "greetingMs": ms(self.greeting),
             "voiceToVoiceMs": ms(self.voice_to_voice),

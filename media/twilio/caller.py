@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urljoin
 from uuid import uuid4
 
 import httpx
@@ -66,6 +67,18 @@ def voiced(ulaw: bytes) -> bool:
 class TwimlStream:
     url: str
     parameters: dict[str, str]
+
+
+# Twilio's own limit on a call's chain of <Redirect>s is far higher; ours only stops a loop.
+_MAX_REDIRECTS = 10
+
+
+def parse_redirect(xml: str) -> str | None:
+    """The URL of a `<Redirect>` verb (a node not taking calls sends Twilio on), or None."""
+    redirect = ElementTree.fromstring(xml).find("./Redirect")
+    if redirect is None or not (redirect.text or "").strip():
+        return None
+    return (redirect.text or "").strip()
 
 
 def parse_twiml(xml: str) -> TwimlStream:
@@ -131,6 +144,9 @@ class CallReport:
     audio_received_seconds: float = 0.0
     record: dict[str, Any] | None = None
     error: str | None = None
+    # The service would not take the call (every node it reached was draining, full or
+    # saturated: 503 after Twilio followed its redirects); not a failure of a call it took.
+    refused: str | None = None
     trace: CallTrace = field(default_factory=CallTrace)
 
     @property
@@ -141,7 +157,11 @@ class CallReport:
 
     @property
     def ok(self) -> bool:
-        return self.error is None and all(t.reply_start is not None for t in self.turns)
+        return (
+            self.error is None
+            and self.refused is None
+            and all(t.reply_start is not None for t in self.turns)
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -153,6 +173,7 @@ class CallReport:
             "bargeInReaction": self.barge_in_reaction,
             "clears": self.clears,
             "error": self.error,
+            "refused": self.refused,
             "record": self.record,
         }
 
@@ -274,6 +295,17 @@ async def place_call(
             headers["X-Twilio-Signature"] = compute_signature(auth_token, webhook, form)
         target = f"{webhook_via.rstrip('/')}/twilio/voice" if webhook_via else webhook
         response = await http.post(target, data=form, headers=headers)
+        # Twilio follows <Redirect>: the same form POSTed to that URL, signed for it.
+        for _ in range(_MAX_REDIRECTS):
+            if response.status_code != 200 or (url := parse_redirect(response.text)) is None:
+                break
+            url = urljoin(webhook, url)
+            if auth_token:
+                headers["X-Twilio-Signature"] = compute_signature(auth_token, url, form)
+            response = await http.post(url, data=form, headers=headers)
+        if response.status_code == 503:
+            report.refused = f"voice webhook answered 503: {response.text[:200]}"
+            return report
         if response.status_code != 200:
             report.error = f"voice webhook answered {response.status_code}: {response.text[:200]}"
             return report

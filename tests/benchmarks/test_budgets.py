@@ -48,6 +48,14 @@ def test_aggregate_counts_and_cpu_per_call_minute() -> None:
     assert data["serverRssPerCallMB"] == 2.0
 
 
+def test_refused_calls_are_counted_apart_from_failures_and_break_the_step() -> None:
+    refused = call(voice_to_voice=[], greeting=None, server={}, refused=True)
+    data = step([call(), refused, refused], cpu=0.5, rss_mb=2)
+    assert data["calls"] == 3 and data["failedCalls"] == 0 and data["refusedCalls"] == 2
+    assert data["voiceToVoiceMs"]["count"] == 2  # the call that was taken
+    assert budget_breaks(data) == ["2 calls refused (503: not taking calls)"]
+
+
 def test_a_step_within_budget_breaks_nothing() -> None:
     assert budget_breaks(step([call()] * 3, cpu=0.9, rss_mb=4.9)) == []  # 0.6 s per call-minute
 

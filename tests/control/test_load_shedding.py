@@ -139,6 +139,14 @@ async def test_at_max_calls_the_webhook_redirects_and_readyz_says_why(
         ready = await http.get("/readyz")
         assert ElementTree.fromstring(moved.text).find("Redirect") is not None
         assert ready.status_code == 503 and ready.json()["reason"] == "max_calls"
+        # A caller following the redirects as Twilio does (this one node is every node the
+        # balancer has) is refused once they run out: refused, not failed.
+        turned_away = await place_call(base, CallScript([SPEECH]), fetch_record=False)
+        assert turned_away.error is None and not turned_away.ok
+        assert turned_away.refused is not None and "max_calls" in turned_away.refused
+        scraped = (await http.get("/metrics")).text
+        refusals = metric(scraped, 'ava_calls_refused_total{reason="max_calls"}')
+        assert refusals == 1 + MAX_DRAIN_REDIRECTS + 1  # the probe above, then each hop
         report = await asyncio.wait_for(call, 30)
         assert report.error is None, report.error
         assert (await http.get("/readyz")).status_code == 200
