@@ -7,19 +7,24 @@ given the async driver, so operators can paste the URL their hosting provider sh
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, StaticPool
+from sqlalchemy.util import await_
+from sqlalchemy.util.concurrency import in_greenlet
 
 __all__ = [
     "default_sqlite_url",
@@ -28,6 +33,8 @@ __all__ = [
     "make_sessionmaker",
     "normalize_url",
 ]
+
+log = logging.getLogger("ava.storage.engine")
 
 _DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -70,16 +77,21 @@ def make_engine(
     pool_timeout: float = 30.0,
     pool_recycle: int = 1800,
     busy_timeout_ms: int = 5000,
+    write_queue_timeout: float | None = 60.0,
     echo: bool = False,
     foreign_keys: bool = True,
 ) -> AsyncEngine:
-    """An engine for `url`; pool options apply to PostgreSQL, `busy_timeout_ms` and
-    `foreign_keys` to SQLite. Migrations turn SQLite's foreign keys off: a batch ALTER copies a
-    table and drops the old one, and that drop would cascade to every row referencing it (they
-    check `PRAGMA foreign_key_check` after)."""
+    """An engine for `url`; pool options apply to PostgreSQL, `busy_timeout_ms`,
+    `write_queue_timeout` and `foreign_keys` to SQLite.
+
+    `write_queue_timeout`: how long a write waits behind this process's other SQLite writers
+    (see `_WriteQueue`) before trying SQLite's own lock anyway; None turns the queue off.
+    Migrations turn SQLite's foreign keys off: a batch ALTER copies a table and drops the old
+    one, and that drop would cascade to every row referencing it (they check
+    `PRAGMA foreign_key_check` after)."""
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, busy_timeout_ms, echo, foreign_keys)
+        return _sqlite_engine(parsed, busy_timeout_ms, echo, foreign_keys, write_queue_timeout)
     return create_async_engine(
         parsed,
         echo=echo,
@@ -95,7 +107,11 @@ def make_engine(
 
 
 def _sqlite_engine(
-    url: URL, busy_timeout_ms: int, echo: bool, foreign_keys: bool = True
+    url: URL,
+    busy_timeout_ms: int,
+    echo: bool,
+    foreign_keys: bool = True,
+    write_queue_timeout: float | None = 60.0,
 ) -> AsyncEngine:
     in_memory = url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
     options: dict[str, Any] = {"echo": echo}
@@ -122,7 +138,124 @@ def _sqlite_engine(
         finally:
             cursor.close()
 
+    if not in_memory and write_queue_timeout is not None:
+        _WriteQueue(write_queue_timeout).install(engine)
     return engine
+
+
+# Statements that make pysqlite open a transaction (it BEGINs before DML, not before SELECT) or
+# that take SQLite's write lock on their own.
+_WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER)\b", re.IGNORECASE)
+
+
+class _WriteQueue:
+    """This process's SQLite write transactions, one at a time, first come first served.
+
+    SQLite has one writer lock per file. A transaction holds it from its first write to its
+    COMMIT, and every statement in between is a hop to the connection's thread and back
+    through the event loop. While the loop lags (a saturated core), the holder keeps the lock
+    for all that time, and the other connections' threads poll for it in SQLite's busy handler,
+    in no order, until `busy_timeout` passes and they fail with "database is locked": stream
+    starts and recorder writes were lost that way at 80-100 concurrent calls. Here a writer
+    waits in an asyncio.Lock (FIFO) before its first write statement instead, and gives the
+    lock back when its transaction ends, so a busy process queues its writes rather than
+    failing them. Reads never wait: in WAL mode they need no lock.
+
+    The wait is bounded by `timeout`; after it the statement goes to SQLite as before (its
+    busy handler then decides), so a writer that waits on work which itself waits for this
+    lock stalls for a while instead of forever. A task that already holds the lock through one
+    connection and writes through another is not made to wait for itself either. Other
+    processes (the CLI beside a server) are not in this queue: busy_timeout still covers them.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._holder: dict[Any, Any] | None = None  # the holding connection's pool-entry info
+        self._owner: asyncio.Task[Any] | None = None
+
+    def install(self, engine: AsyncEngine) -> None:
+        sync_engine = engine.sync_engine
+        event.listen(sync_engine, "before_cursor_execute", self._before_execute)
+        # The lock goes back once SQLite's COMMIT/ROLLBACK has returned (SQLAlchemy's "commit"
+        # event fires before it is sent): the next writer then finds SQLite's lock free too,
+        # however slow the fsync. The dialect's methods serve the engine and its pool alike.
+        dialect = sync_engine.dialect
+        commit, rollback = dialect.do_commit, dialect.do_rollback
+
+        def do_commit(connection: PoolProxiedConnection) -> None:
+            try:
+                commit(connection)
+            finally:
+                self._ended(connection)
+
+        def do_rollback(connection: PoolProxiedConnection) -> None:
+            try:
+                rollback(connection)
+            finally:
+                self._ended(connection)
+
+        dialect.do_commit = do_commit  # type: ignore[method-assign,assignment]
+        dialect.do_rollback = do_rollback  # type: ignore[method-assign,assignment]
+        # A connection returned, invalidated or closed mid-transaction must not keep the lock.
+        for name in ("checkin", "invalidate", "soft_invalidate", "close", "detach"):
+            event.listen(sync_engine.pool, name, self._entry_ended)
+
+    def _before_execute(
+        self,
+        conn: Connection,
+        _cursor: Any,
+        statement: str,
+        _parameters: Any,
+        _context: Any,
+        _executemany: bool,
+    ) -> None:
+        if not _WRITE.match(statement) or self._holder is conn.info or not in_greenlet():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = asyncio.current_task(loop)
+        if self._loop is not loop and (self._lock is None or not self._lock.locked()):
+            # asyncio.Lock belongs to one loop; tests (and `asyncio.run` per CLI command) make
+            # several in turn.
+            self._lock, self._loop = asyncio.Lock(), loop
+        lock = self._lock
+        if lock is None or self._loop is not loop or (lock.locked() and self._owner is task):
+            return
+        try:
+            await_(self._acquire(lock))
+        except TimeoutError:
+            log.warning(
+                "waited %.0f s for this process's other SQLite writers; writing anyway",
+                self._timeout,
+            )
+            return
+        self._holder, self._owner = conn.info, task
+
+    async def _acquire(self, lock: asyncio.Lock) -> None:
+        # asyncio.timeout, not wait_for: no task per acquire, and a free lock is taken without
+        # a trip through the (lagging) loop.
+        async with asyncio.timeout(self._timeout):
+            await lock.acquire()
+
+    def _ended(self, connection: PoolProxiedConnection) -> None:
+        # Engine setup's first connect passes a connection without `info`; it holds nothing.
+        if self._holder is not None:
+            self._release(connection.info)
+
+    def _entry_ended(self, *args: Any) -> None:
+        record = next((a for a in args if isinstance(a, ConnectionPoolEntry)), None)
+        if record is not None:
+            self._release(record.info)
+
+    def _release(self, info: dict[Any, Any]) -> None:
+        if self._holder is not info or self._lock is None:
+            return
+        self._holder = self._owner = None
+        self._lock.release()
 
 
 def _create_private(path: Path) -> None:
