@@ -167,6 +167,11 @@ def heard_after_barge_in(report: CallReport) -> float:
 
 
 # Tests may read the environment; the application code may not.
+# Load shedding guards a production node by its own event loop's lag; four test workers on two
+# cores lag every worker's loop past the threshold now and then, and a test's call would be sent
+# away. Off for every app and `ava serve` the tests start (they inherit this environment); the
+# shedding tests turn it on for their app.
+os.environ.setdefault("AVA_SHED_LOOP_LAG_MS", "0")
 REDIS_URL = os.environ.get("AVA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 

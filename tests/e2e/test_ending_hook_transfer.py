@@ -40,6 +40,16 @@ HOOK = {
 }  # fmt: skip
 
 
+def twilio_env(twilio_url: str) -> dict[str, str]:
+    """The app's settings for calls to the assistant file's number through the fake Twilio."""
+    return {
+        "TWILIO_ACCOUNT_SID": ACCOUNT,
+        "TWILIO_AUTH_TOKEN": TOKEN,
+        "TWILIO_API_BASE_URL": twilio_url,
+        "unknown_numbers": "assistant-file",
+    }
+
+
 @pytest.mark.parametrize("fault", [None, Fault.SERVER_ERROR])
 async def test_the_silence_timeout_transfers_the_caller_to_dial(
     tmp_path: Path, assistant_file: AssistantFactory, fault: Fault | None
@@ -52,12 +62,7 @@ async def test_the_silence_timeout_transfers_the_caller_to_dial(
         serve_fake(twilio.app) as twilio_url,
         running_fakes(["When do you open?"], openai=chat) as fakes,
     ):
-        env = {
-            "TWILIO_ACCOUNT_SID": ACCOUNT,
-            "TWILIO_AUTH_TOKEN": TOKEN,
-            "TWILIO_API_BASE_URL": twilio_url,
-            "unknown_numbers": "assistant-file",
-        }
+        env = twilio_env(twilio_url)
         app = make_app(
             fakes, assistant_file, tmp_path, env=env, hooks=[HOOK], silenceTimeoutSeconds=5
         )
@@ -106,12 +111,7 @@ async def test_no_model_left_transfers_the_caller_after_the_apology(
         serve_fake(twilio.app) as twilio_url,
         running_fakes(["When do you open?"], openai=chat) as fakes,
     ):
-        env = {
-            "TWILIO_ACCOUNT_SID": ACCOUNT,
-            "TWILIO_AUTH_TOKEN": TOKEN,
-            "TWILIO_API_BASE_URL": twilio_url,
-            "unknown_numbers": "assistant-file",
-        }
+        env = twilio_env(twilio_url)
         app = make_app(fakes, assistant_file, tmp_path, env=env, hooks=[ON_FAILURE])
         async with serve(app) as base:
             report = await place_call(
